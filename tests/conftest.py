@@ -1,0 +1,22 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)  # the scripts, like EDM's, run from the repository root
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+    """A 60-step training run on the ring (in-process); returns its run directory."""
+    import train
+
+    run_dir = tmp_path_factory.mktemp('runs') / 'tiny'
+    train.main(['trainer.max_steps=60', 'trainer.ckpt_every=30', 'trainer.plot_every=30', 'trainer.log_every=10',
+                'trainer.progress_bar=false', 'sample.num=200', 'trainer.batch_size=128', f'run_dir={run_dir}'])
+    return run_dir

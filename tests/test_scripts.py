@@ -1,0 +1,127 @@
+"""End to end: train -> checkpoint -> sample -> metrics, resume, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import metrics
+import sample
+import train
+from training.checkpoint import CheckpointError, read_checkpoint
+from training.module import load_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_writes_run_directory(tiny_run):
+    assert (tiny_run / 'config.yaml').is_file()
+    ckpts = sorted(p.name for p in (tiny_run / 'checkpoints').glob('*.ckpt'))
+    assert ckpts == ['last.ckpt', 'step-0000030.ckpt', 'step-0000060.ckpt']
+    checkpoint, config = read_checkpoint(tiny_run / 'checkpoints' / 'last.ckpt')
+    assert checkpoint['global_step'] == 60 and config.trainer.max_steps == 60
+    assert config.run_dir == str(tiny_run)
+    assert set(checkpoint['cedm']) == {'format', 'config', 'ema', 'generators'}
+    events = list((tiny_run / 'tensorboard').glob('events.out.tfevents.*'))
+    assert events
+
+
+def test_tensorboard_has_scalars_and_figures(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tiny_run / 'tensorboard'), size_guidance={'images': 0}).Reload()
+    tags = acc.Tags()
+    for tag in ('train/loss', 'train/lr', 'train/grad_norm', 'eval/swd', 'eval/mmd', 'eval/nll'):
+        assert tag in tags['scalars'], tag
+    assert {'samples', 'loss_vs_sigma'} <= set(tags['images'])
+    lr = [e.value for e in acc.Scalars('train/lr')]
+    assert lr[0] < lr[-1]  # warm-up
+
+
+def test_sample_script_writes_npz_and_png(tiny_run, tmp_path):
+    ckpt = tiny_run / 'checkpoints' / 'last.ckpt'
+    sample.main(['--ckpt', str(ckpt), '--num', '300', '--steps', '6', '--out', str(tmp_path), '--trajectories'])
+    x = np.load(tmp_path / 'samples.npz')['x']
+    assert x.shape == (300, 2) and np.isfinite(x).all()
+    assert (tmp_path / 'samples.png').stat().st_size > 1000 and (tmp_path / 'trajectories.png').is_file()
+
+
+def test_python_api_is_reproducible_and_uses_ema(tiny_run):
+    model = load_model(tiny_run / 'checkpoints' / 'last.ckpt', device='cpu')
+    a = model.sample(100, steps=5, seed=1)
+    assert torch.equal(a, model.sample(100, steps=5, seed=1))
+    assert not torch.equal(a, model.sample(100, steps=5, seed=2))
+    assert not torch.equal(a, model.sample(100, steps=5, seed=1, use_ema=False))
+    for solver in ('euler', 'ddim', 'euler_ancestral', 'dpmpp_2m'):
+        assert torch.isfinite(model.sample(50, steps=4, solver=solver, schedule='loglinear')).all()
+
+
+def test_metrics_script_reports_model_and_floor(tiny_run, tmp_path, capsys):
+    out = tmp_path / 'm.json'
+    metrics.main(['--ckpt', str(tiny_run / 'checkpoints' / 'last.ckpt'), '--num', '500', '--steps', '8',
+                  '--json', str(out), '--sigma-plot', str(tmp_path / 'sigma.png')])
+    table = json.loads(out.read_text())
+    assert set(table) == {'model', 'exact denoiser', 'ground truth'}
+    assert set(table['model']) == {'swd', 'mmd', 'nll'}
+    # After 60 steps the model is far worse than its exact-denoiser floor.
+    assert table['model']['swd'] > table['exact denoiser']['swd']
+    assert 'exact denoiser' in capsys.readouterr().out
+    assert (tmp_path / 'sigma.png').is_file()
+
+
+def test_resume_continues_the_run(tiny_run, tmp_path):
+    src = tiny_run / 'checkpoints' / 'step-0000030.ckpt'
+    run_dir = tmp_path / 'resumed'
+    train.main(['--resume', str(src), f'run_dir={run_dir}', 'trainer.max_steps=40'])
+    checkpoint, config = read_checkpoint(run_dir / 'checkpoints' / 'last.ckpt')
+    assert checkpoint['global_step'] == 40 and config.resume == str(src)
+    assert config.sample.num == 200  # the stored config, not the default file
+
+
+def _one_line_error(capsys, fn, args):
+    with pytest.raises(SystemExit) as info:
+        fn(args)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_input_gives_one_line(tiny_run, tmp_path, capsys):
+    ckpt = str(tiny_run / 'checkpoints' / 'last.ckpt')
+    assert 'trainer.max_stepz: unknown key' in _one_line_error(capsys, train.main, ['trainer.max_stepz=3'])
+    assert 'unrecognized arguments: --bogus' in _one_line_error(capsys, train.main, ['--bogus'])
+    assert 'nope.yaml: config file not found' in _one_line_error(capsys, train.main, ['--config', 'nope.yaml'])
+    assert 'checkpoint file not found' in _one_line_error(capsys, sample.main, ['--ckpt', str(tmp_path / 'x.ckpt')])
+    assert '--num: must be > 0' in _one_line_error(capsys, sample.main, ['--ckpt', ckpt, '--num', '-5'])
+    assert "invalid choice: 'rk9'" in _one_line_error(capsys, sample.main, ['--ckpt', ckpt, '--solver', 'rk9'])
+    assert 'resume=auto needs run_dir' in _one_line_error(capsys, train.main, ['resume=auto'])
+
+    truncated = tmp_path / 'truncated.ckpt'
+    truncated.write_bytes((tiny_run / 'checkpoints' / 'last.ckpt').read_bytes()[:5000])
+    foreign = tmp_path / 'foreign.ckpt'
+    torch.save({'state_dict': {}}, foreign)
+    garbage = tmp_path / 'garbage.ckpt'
+    garbage.write_bytes(b'not a checkpoint at all')
+    for path, reason in ((truncated, 'cannot be read'), (foreign, 'not a cedm checkpoint'), (garbage, 'cannot be read')):
+        for fn, args in ((sample.main, ['--ckpt', str(path)]), (metrics.main, ['--ckpt', str(path)]),
+                         (train.main, ['--resume', str(path)])):
+            err = _one_line_error(capsys, fn, args)
+            assert str(path) in err and reason in err
+
+
+def test_stale_config_in_checkpoint_is_named(tiny_run, tmp_path):
+    checkpoint = torch.load(tiny_run / 'checkpoints' / 'last.ckpt', weights_only=True)
+    checkpoint['cedm']['config']['optim']['lr'] = -1.0
+    path = tmp_path / 'stale.ckpt'
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r'stale.ckpt: its stored config no longer validates: optim.lr'):
+        read_checkpoint(path)
+
+
+def test_command_line_error_from_a_real_process():
+    result = subprocess.run([sys.executable, 'train.py', 'optim.lr=-1'], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'train.py: error: optim.lr: must be a finite number > 0 (got -1.0)'

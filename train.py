@@ -1,0 +1,88 @@
+"""Train an EDM denoiser.
+
+    python train.py [--config FILE] [--resume PATH|auto] [key=value ...]
+
+With no arguments it trains the built-in default, configs/toy/default.yaml. Overrides are dotted
+keys with YAML values (`data.name=moons`, `trainer.max_steps=2000`, `data.weights=[0.3,0.7]`).
+Resuming takes the config stored in the checkpoint (overrides still apply) unless --config is given.
+"""
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from training.cli import Parser, UsageError, main_guard
+from training.config import config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
+from training.module import EDMModule
+
+DEFAULT_CONFIG = 'configs/toy/default.yaml'
+
+
+def resolve_config(args):
+    """The validated config and the checkpoint to resume from (or None)."""
+    overrides = parse_overrides(args.overrides)
+    resume = args.resume or overrides.pop('resume', None)
+    if resume == 'auto':
+        run_dir = overrides.get('run_dir') or (args.config and read_config_file(args.config).get('run_dir'))
+        if not run_dir:
+            raise UsageError("resume=auto needs run_dir=PATH to know where to look for checkpoints/last.ckpt")
+        last = Path(run_dir) / 'checkpoints' / 'last.ckpt'
+        resume = str(last) if last.is_file() else None
+    if resume is not None and not args.config:
+        base = config_to_dict(read_checkpoint(resume)[1])  # continue with the run's own config
+    else:
+        base = read_config_file(args.config or DEFAULT_CONFIG)
+    config = config_from_dict(merge(base, overrides))
+    if config.run_dir is None:
+        config.run_dir = f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config.resume = resume
+    return config, resume
+
+
+def build_trainer(config, run_dir):
+    t = config.trainer
+    callbacks = [ModelCheckpoint(
+        dirpath=run_dir / 'checkpoints', filename='step-{step:07d}', auto_insert_metric_name=False,
+        every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True)]
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=t.log_every))
+    return L.Trainer(
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
+        precision=t.precision, gradient_clip_val=config.optim.grad_clip, default_root_dir=run_dir,
+        logger=TensorBoardLogger(run_dir, name='tensorboard', version=''), callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()], log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+
+
+@main_guard
+def main(argv=None):
+    parser = Parser(description=__doc__.split('\n')[1].strip())
+    parser.add_argument('--config', help=f'YAML experiment (default {DEFAULT_CONFIG})')
+    parser.add_argument('--resume', help="checkpoint to continue from, or 'auto' for run_dir's last.ckpt")
+    parser.add_argument('overrides', nargs='*', help='dotted key=value overrides')
+    args = parser.parse_args(argv)
+    config, resume = resolve_config(args)
+    run_dir = Path(config.run_dir)
+
+    torch.manual_seed(config.seed)  # network initialisation
+    model = EDMModule(config)
+    trainer = build_trainer(config, run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / 'config.yaml').write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        num_params = sum(p.numel() for p in model.denoiser.parameters())
+        print(f'cedm: {config.name}: {num_params:,} parameters; run directory {run_dir}'
+              + (f'; resuming from {resume}' if resume else ''))
+    trainer.fit(model, ckpt_path=resume)
+    if trainer.is_global_zero:
+        print(f'cedm: done at step {trainer.global_step}; checkpoint {run_dir / "checkpoints" / "last.ckpt"}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,62 @@
+"""Shared command-line plumbing: every user error is one line on stderr and exit code 2."""
+
+import argparse
+import functools
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
+
+class UsageError(ValueError):
+    """A bad command-line value, with a one-line message naming it."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def main_guard(main):
+    """Run `main`, turning config, checkpoint and usage errors into one line and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except (ConfigError, CheckpointError, UsageError) as e:
+            prog = sys.argv[0].rsplit('/', 1)[-1] or 'cedm'
+            print(f'{prog}: error: {e}', file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def add_sampler_args(parser, config_defaults_note='the checkpoint config'):
+    """Flags shared by sample.py and metrics.py; None means 'from the checkpoint's config'."""
+    import sampling  # local: keeps `training.cli` importable without the sampling package loaded
+
+    parser.add_argument('--ckpt', required=True, help='checkpoint file (e.g. RUN/checkpoints/last.ckpt)')
+    parser.add_argument('--num', type=int, help=f'number of samples (default: {config_defaults_note})')
+    parser.add_argument('--steps', type=int, help='sampler steps (heun: 2*steps-1 denoiser calls)')
+    parser.add_argument('--solver', choices=sorted(sampling.SOLVERS), help='ODE/SDE solver')
+    parser.add_argument('--schedule', choices=sorted(sampling.SCHEDULES), help='σ discretisation')
+    parser.add_argument('--sigma-min', type=float)
+    parser.add_argument('--sigma-max', type=float)
+    parser.add_argument('--rho', type=float, help='karras schedule exponent (EDM: 7)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the initial noise (default 0)')
+    parser.add_argument('--no-ema', action='store_true', help='use the raw weights instead of the EMA')
+    parser.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
+
+
+def check_sampler_args(args):
+    for name in ('num', 'steps', 'sigma_min', 'sigma_max', 'rho'):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')}: must be > 0 (got {value})")
+
+
+def sample_kwargs(args):
+    """The keyword arguments of `EDMModule.sample` that the flags set."""
+    return dict(steps=args.steps, solver=args.solver, schedule=args.schedule, seed=args.seed,
+                use_ema=not args.no_ema, sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho)

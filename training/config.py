@@ -1,0 +1,331 @@
+"""Typed, validated experiment configuration.
+
+A config is a tree of dataclasses. `load_config(path, overrides)` reads a YAML file, applies dotted
+`key=value` overrides (values parsed as YAML), and checks every key, type and value; any problem
+raises `ConfigError` with one line that names the key and what is allowed.
+"""
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, with a one-line message naming the key."""
+
+
+@dataclass
+class DataConfig:
+    name: Literal['ring', 'moons', 'swissroll', 'checkerboard', 'gmm', 'tree'] = 'ring'
+    # gmm: mixture given in the config; exactly one of `stds` (isotropic) and `covs`.
+    weights: Optional[list[float]] = None
+    means: Optional[list[list[float]]] = None
+    stds: Optional[list[float]] = None
+    covs: Optional[list[list[list[float]]]] = None
+    # tree: number of binary branchings.
+    depth: int = 6
+
+    def validate(self):
+        if self.name == 'gmm':
+            if self.weights is None or self.means is None:
+                raise ConfigError("data: name 'gmm' needs data.weights [K] and data.means [K,2]")
+            if (self.stds is None) == (self.covs is None):
+                raise ConfigError("data: name 'gmm' needs exactly one of data.stds [K] and data.covs [K,2,2]")
+            k = len(self.weights)
+            if k == 0 or any(not w > 0 for w in self.weights):
+                raise ConfigError(f"data.weights: must be a non-empty list of positive numbers (got {self.weights})")
+            if len(self.means) != k or any(len(m) != 2 for m in self.means):
+                raise ConfigError(f"data.means: must be {k} points of 2 coordinates (got {self.means})")
+            if self.stds is not None and (len(self.stds) != k or any(not s >= 0 for s in self.stds)):
+                raise ConfigError(f"data.stds: must be {k} non-negative numbers (got {self.stds})")
+            if self.covs is not None and (len(self.covs) != k or any(
+                    len(c) != 2 or any(len(row) != 2 for row in c) for c in self.covs)):
+                raise ConfigError(f"data.covs: must be {k} matrices of shape 2x2 (got {self.covs})")
+        elif any(v is not None for v in (self.weights, self.means, self.stds, self.covs)):
+            raise ConfigError(f"data: weights/means/stds/covs apply to name 'gmm' only (name is '{self.name}')")
+        if not 1 <= self.depth <= 10:
+            raise ConfigError(f"data.depth: must be in 1..10 (got {self.depth})")
+
+
+@dataclass
+class NetworkConfig:
+    name: Literal['mlp'] = 'mlp'
+    width: int = 128
+    depth: int = 4
+    num_freqs: int = 8  # sinusoidal features of c_noise fed beside c_noise itself
+
+    def validate(self):
+        _positive(self, 'network', 'width', 'depth')
+        if self.num_freqs < 0:
+            raise ConfigError(f"network.num_freqs: must be >= 0 (got {self.num_freqs})")
+
+
+@dataclass
+class PrecondConfig:
+    name: Literal['edm', 'vp', 've'] = 'edm'
+    sigma_data: float = 0.5
+
+    def validate(self):
+        _positive(self, 'precond', 'sigma_data')
+
+
+@dataclass
+class NoiseConfig:
+    """Training σ distribution. Parameters not used by `name` are ignored."""
+    name: Literal['lognormal', 'loguniform', 'logistic'] = 'lognormal'
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    loc: float = 0.0    # logistic: location of log-SNR = -2 log σ
+    scale: float = 2.0  # logistic: scale of log-SNR
+
+    def validate(self):
+        _positive(self, 'noise', 'P_std', 'sigma_min', 'sigma_max', 'scale')
+        if self.sigma_min >= self.sigma_max:
+            raise ConfigError(f"noise.sigma_min: must be < noise.sigma_max (got {self.sigma_min} >= {self.sigma_max})")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 200  # linear learning-rate warm-up
+    grad_clip: Optional[float] = None  # max gradient norm; None disables clipping
+
+    def validate(self):
+        _positive(self, 'optim', 'lr')
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas: must be two numbers in [0, 1) (got {self.betas})")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("optim.weight_decay and optim.warmup_steps: must be >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip: must be > 0 or null (got {self.grad_clip})")
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the weights (ema-pytorch): decay warms up as 1 - (1 + step)^-power, capped at beta."""
+    beta: float = 0.999
+    power: float = 0.75
+    update_after_step: int = 100
+    update_every: int = 1
+
+    def validate(self):
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"ema.beta: must be in (0, 1) (got {self.beta})")
+        _positive(self, 'ema', 'power', 'update_every')
+        if self.update_after_step < 0:
+            raise ConfigError(f"ema.update_after_step: must be >= 0 (got {self.update_after_step})")
+
+
+@dataclass
+class SampleConfig:
+    """Sampling used for the figures and metrics logged during training, and the sample.py defaults."""
+    num: int = 2000
+    steps: int = 18
+    solver: Literal['heun', 'euler', 'ddim', 'euler_ancestral', 'dpmpp_2m'] = 'heun'
+    schedule: Literal['karras', 'loglinear', 'vp'] = 'karras'
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+    def validate(self):
+        _positive(self, 'sample', 'num', 'steps', 'sigma_min', 'sigma_max', 'rho')
+        if self.sigma_min >= self.sigma_max:
+            raise ConfigError(f"sample.sigma_min: must be < sample.sigma_max (got {self.sigma_min} >= {self.sigma_max})")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 4000
+    batch_size: int = 512
+    accelerator: str = 'auto'
+    devices: int = 1
+    precision: Literal['32', 'bf16-mixed', '16-mixed'] = '32'
+    log_every: int = 50        # scalars to TensorBoard
+    plot_every: int = 1000     # figures (samples over the ground truth, loss against σ)
+    ckpt_every: int = 1000     # checkpoints (last.ckpt is rewritten each time)
+    progress_bar: bool = True
+
+    def validate(self):
+        _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'log_every', 'plot_every', 'ckpt_every')
+
+
+@dataclass
+class Config:
+    name: str = 'default'
+    seed: int = 0
+    run_dir: Optional[str] = None   # default runs/<name>-<timestamp>
+    resume: Optional[str] = None    # checkpoint path to continue from
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    precond: PrecondConfig = field(default_factory=PrecondConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self):
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0 (got {self.seed})")
+
+
+def _positive(section, prefix, *names):
+    for name in names:
+        value = getattr(section, name)
+        if not value > 0 or (isinstance(value, float) and math.isinf(value)):
+            raise ConfigError(f"{prefix}.{name}: must be a finite number > 0 (got {value})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with type checks.
+
+def _type_name(tp):
+    if typing.get_origin(tp) is Literal:
+        return 'one of ' + ', '.join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, '__name__', str(tp)).replace('NoneType', 'null')
+
+
+def _coerce(value, tp, key):
+    """Return `value` checked against type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        # YAML reads `precision: 32` as an int; the allowed values are strings.
+        if str(value) in allowed and not isinstance(value, (list, dict, bool)):
+            return str(value)
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)} (got {value!r}){hint}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: must be a list (got {value!r})")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f'{key}[{i}]') for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number (got {value!r})")
+        if math.isnan(value):
+            raise ConfigError(f"{key}: must be a number (got nan)")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer (got {value!r})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false (got {value!r})")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string (got {value!r})")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    raise TypeError(f'unsupported config type {tp}')
+
+
+def _from_dict(cls, values, prefix=''):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: must be a mapping of keys (got {values!r})")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{_join(prefix, close[0])}'?" if close else f"allowed: {', '.join(names)}"
+            raise ConfigError(f"{_join(prefix, key)}: unknown key ({hint})")
+    kwargs = {k: _coerce(v, hints[k], _join(prefix, k)) for k, v in values.items()}
+    obj = cls(**kwargs)
+    obj.validate()
+    return obj
+
+
+def _join(prefix, key):
+    return f'{prefix}.{key}' if prefix else str(key)
+
+
+def config_from_dict(values):
+    """Build and validate a `Config` from nested dicts (e.g. a config stored in a checkpoint)."""
+    return _from_dict(Config, values)
+
+
+def config_to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def parse_overrides(overrides):
+    """Turn ['a.b=1', 'c=[0.3, 0.7]'] into a nested dict; values are parsed as YAML."""
+    tree = {}
+    for item in overrides:
+        key, sep, text = item.partition('=')
+        if not sep or not key or any(not part for part in key.split('.')):
+            raise ConfigError(f"override '{item}': expected key=value, e.g. trainer.max_steps=1000")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: cannot parse value {text!r} as YAML") from None
+        node = tree
+        *parents, leaf = key.split('.')
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: '{part}' is set both as a value and as a section")
+        node[leaf] = value
+    return tree
+
+
+def merge(base, update):
+    """Recursively merge dict `update` into a copy of dict `base`."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, 'problem_mark', None), 'line', None)
+        where = f' (line {line + 1})' if line is not None else ''
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: must hold a mapping of config keys")
+    return values or {}
+
+
+def read_config_file(path):
+    """The raw values of a YAML config file; `name` defaults to the file's stem."""
+    values = read_yaml(path)
+    values.setdefault('name', Path(path).stem)
+    return values
+
+
+def load_config(path, overrides=()):
+    """Read YAML `path`, apply dotted `key=value` overrides, validate."""
+    return config_from_dict(merge(read_config_file(path), parse_overrides(overrides)))

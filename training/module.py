@@ -1,0 +1,207 @@
+"""The LightningModule: EDM training of a preconditioned denoiser, with an EMA of its weights.
+
+Data and σ are drawn inside `training_step` from per-rank generators (fresh samples every step,
+no DataLoader work); the EMA lives outside the module tree so DDP never wraps, broadcasts or
+reduces it, and travels in the checkpoint's 'cedm' entry with the config and generator states.
+"""
+
+import math
+
+import lightning as L
+import numpy as np
+import torch
+from ema_pytorch import EMA
+
+import sampling
+from networks import build_denoiser
+
+from . import plots
+from .checkpoint import FORMAT_VERSION, read_checkpoint
+from .config import config_to_dict
+from .data import build_dataset
+from .loss import edm_loss
+from .metrics import sample_metrics
+from .noise import build_noise
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    """An endless stream of step indices: the batch itself is generated on the device."""
+
+    def __iter__(self):
+        step = 0
+        while True:
+            yield step
+            step += 1
+
+
+class SigmaBins:
+    """Running per-bin means of the training loss over log σ, for the loss-against-σ figure."""
+
+    def __init__(self, sigma_min=1e-3, sigma_max=1e2, num_bins=25):
+        self.edges = torch.logspace(math.log10(sigma_min), math.log10(sigma_max), num_bins + 1)
+        self.sums = torch.zeros(num_bins, dtype=torch.float64)
+        self.counts = torch.zeros(num_bins, dtype=torch.float64)
+
+    def update(self, sigma, loss):
+        self.sums, self.counts = self.sums.to(sigma.device), self.counts.to(sigma.device)
+        index = torch.bucketize(sigma.detach(), self.edges.to(sigma.device)).sub(1).clamp(0, len(self.sums) - 1)
+        self.sums.index_add_(0, index, loss.detach().double())
+        self.counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+
+    def pop(self):
+        """(bin centres, mean loss per bin with NaN where empty); resets the sums."""
+        centres = (self.edges[1:] * self.edges[:-1]).sqrt()
+        means = (self.sums / self.counts).cpu()
+        self.sums.zero_(), self.counts.zero_()
+        return centres, means
+
+
+def _generator(device, *key):
+    """A torch generator on `device` seeded from (seed, rank, stream) through numpy's SeedSequence."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class EDMModule(L.LightningModule):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.dataset = build_dataset(config.data)
+        self.denoiser = build_denoiser(config.network, config.precond, self.dataset.dim)
+        self.noise = build_noise(config.noise)
+        e = config.ema
+        # object.__setattr__ keeps the EMA out of the module tree (no DDP, no state_dict entry).
+        object.__setattr__(self, 'ema', EMA(
+            self.denoiser, beta=e.beta, power=e.power, update_after_step=e.update_after_step,
+            update_every=e.update_every, include_online_model=False, use_foreach=True))
+        self.ema.ema_model.eval()
+        self.sigma_bins = SigmaBins()
+        self._generator_states = None
+
+    # ------------------------------------------------------------------ set-up
+    def _place(self):
+        """Move the pieces that live outside the module tree to the module's device."""
+        self.ema.to(self.device)
+        self.dataset.to(self.device)
+
+    def on_fit_start(self):
+        self._place()
+        rank = self.global_rank
+        self.data_generator = _generator(self.device, self.config.seed, rank, 0)
+        self.sigma_generator = _generator(self.device, self.config.seed, rank, 1)
+        if self._generator_states is not None:  # resumed: continue the same random streams
+            self.data_generator.set_state(self._generator_states['data'])
+            self.sigma_generator.set_state(self._generator_states['sigma'])
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+
+    def configure_optimizers(self):
+        o = self.config.optim
+        optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                     weight_decay=o.weight_decay)
+        warmup = max(o.warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
+
+    # ------------------------------------------------------------------ training
+    def _is_log_step(self):
+        return self.global_step % self.config.trainer.log_every == 0
+
+    def training_step(self, batch, batch_idx):
+        n = self.config.trainer.batch_size
+        x0 = self.dataset.sample(n, generator=self.data_generator)
+        sigma = self.noise.sample(n, generator=self.sigma_generator, device=self.device)
+        loss, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator)
+        self.sigma_bins.update(sigma, loss)
+        loss = loss.mean()
+        if self._is_log_step():
+            self.log('train/loss', loss, prog_bar=True)
+            self.log('train/lr', self.optimizers().param_groups[0]['lr'])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._is_log_step():
+            grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
+            self.log('train/grad_norm', torch.nn.utils.get_total_norm(grads))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.ema.update()
+        step = self.global_step
+        if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero:
+            self._log_figures(step)
+
+    def on_train_end(self):
+        if self.trainer.is_global_zero:
+            self._log_figures(self.global_step)
+
+    @torch.no_grad()
+    def _log_figures(self, step):
+        tb = self.logger.experiment if self.logger is not None else None
+        s = self.config.sample
+        x = self.sample(s.num, seed=0)
+        reference = self.dataset.sample(s.num, generator=_generator(self.device, self.config.seed, 2**16))
+        if tb is None:
+            return
+        for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
+            tb.add_scalar(f'eval/{name}', value, step)
+        tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
+        centres, means = self.sigma_bins.pop()
+        tb.add_figure('loss_vs_sigma', plots.loss_vs_sigma_figure(centres, means), step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint['cedm'] = {
+            'format': FORMAT_VERSION,
+            'config': config_to_dict(self.config),
+            'ema': self.ema.state_dict(),
+            'generators': {'data': self.data_generator.get_state(), 'sigma': self.sigma_generator.get_state()},
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        self.ema.load_state_dict(checkpoint['cedm']['ema'])
+        self._generator_states = checkpoint['cedm']['generators']
+
+    # ------------------------------------------------------------------ sampling
+    def sampling_denoiser(self, use_ema=True):
+        return self.ema.ema_model if use_ema else self.denoiser
+
+    def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
+        """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config."""
+        s = self.config.sample
+        kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
+        schedule = schedule or s.schedule
+        if schedule == 'karras':
+            kwargs['rho'] = rho or s.rho
+        elif schedule == 'vp':
+            kwargs = {}
+        return sampling.get_sigmas(schedule, steps or s.steps, **kwargs)
+
+    @torch.no_grad()
+    def sample(self, n, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
+               sigma_min=None, sigma_max=None, rho=None, **options):
+        """Draw `n` samples [n, dim] with the EMA weights (or the raw ones, `use_ema=False`).
+
+        Defaults come from the config's `sample` section (18-step Heun on the ρ=7 schedule);
+        `seed` fixes the initial noise and any stochastic steps; `options` go to the solver
+        (e.g. S_churn for heun, eta for ddim).
+        """
+        self._place()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        noise = torch.randn(n, self.dataset.dim, generator=generator, device=self.device)
+        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
+        return sampling.sample(self.sampling_denoiser(use_ema), noise, sigmas, solver or self.config.sample.solver,
+                               generator=generator, callback=callback, **options)
+
+
+def load_model(path, device=None):
+    """Load a trained model from a cedm checkpoint for sampling: `load_model(p).sample(1000)`.
+
+    Raises CheckpointError with a one-line reason for missing, corrupt or foreign files.
+    """
+    checkpoint, config = read_checkpoint(path)
+    model = EDMModule(config)
+    model.load_state_dict(checkpoint['state_dict'])
+    model.on_load_checkpoint(checkpoint)
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    return model.to(device).eval()
