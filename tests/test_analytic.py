@@ -77,3 +77,14 @@ def test_point_set_keeps_image_shapes_and_memorises():
     out = p.denoise(points + 1e-3 * torch.randn_like(points), 1e-2)
     assert out.shape == points.shape and out.dtype == points.dtype
     torch.testing.assert_close(out, points, atol=1e-5, rtol=0)
+
+
+def test_float32_in_float32_out():
+    m = mixture()
+    x = m.sample(16, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((16,), 0.5)
+    assert x.dtype == torch.float32 and x.shape == (16, 2)
+    for out in (m.denoise(x, sigma), m(x, 0.5), m.score(x, torch.tensor(0.5)), m.log_prob(x)):
+        assert out.dtype == torch.float32
+    torch.testing.assert_close(m(x, sigma), m.denoise(x.double(), 0.5).float())
+    assert m.to('cpu') is m and (m.dim, m.num_components) == (2, 3)
