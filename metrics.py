@@ -16,9 +16,8 @@ import torch
 
 import sampling
 from training import plots
-from training.cli import Parser, add_sampler_args, check_sampler_args, main_guard, sample_kwargs
+from training.cli import Parser, add_sampler_args, check_sampler_args, load_for_sampling, main_guard, sample_kwargs
 from training.metrics import sample_metrics
-from training.module import load_model
 
 
 @torch.no_grad()
@@ -42,7 +41,7 @@ def main(argv=None):
     parser.add_argument('--sigma-plot', help='write a PNG of denoising error and score norm against σ')
     args = parser.parse_args(argv)
     check_sampler_args(args)
-    model = load_model(args.ckpt, device=args.device)
+    model = load_for_sampling(args)
     num = args.num or 5000
     kwargs = sample_kwargs(args)
 

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from training import plots
-from training.cli import Parser, add_sampler_args, check_sampler_args, main_guard, sample_kwargs
-from training.module import load_model
+from training.cli import Parser, add_sampler_args, check_sampler_args, load_for_sampling, main_guard, sample_kwargs
 
 
 @main_guard
@@ -26,7 +25,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_sampler_args(args)
 
-    model = load_model(args.ckpt, device=args.device)
+    model = load_for_sampling(args)
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
     num = args.num or model.config.sample.num
     path = []

@@ -40,7 +40,10 @@ def add_sampler_args(parser, config_defaults_note='the checkpoint config'):
     parser.add_argument('--num', type=int, help=f'number of samples (default: {config_defaults_note})')
     parser.add_argument('--steps', type=int, help='sampler steps (heun: 2*steps-1 denoiser calls)')
     parser.add_argument('--solver', choices=sorted(sampling.SOLVERS), help='ODE/SDE solver')
-    parser.add_argument('--schedule', choices=sorted(sampling.SCHEDULES), help='σ discretisation')
+    parser.add_argument('--schedule', choices=sorted(sampling.SCHEDULES) + ['entropic', 'rescaled-entropic'],
+                        help="σ discretisation; 'entropic' and 'rescaled-entropic' use the checkpoint's profile")
+    parser.add_argument('--estimate-profile', action='store_true',
+                        help='re-estimate the entropy profile offline with the model itself on fresh data')
     parser.add_argument('--sigma-min', type=float)
     parser.add_argument('--sigma-max', type=float)
     parser.add_argument('--rho', type=float, help='karras schedule exponent (EDM: 7)')
@@ -54,6 +57,16 @@ def check_sampler_args(args):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{name.replace('_', '-')}: must be > 0 (got {value})")
+
+
+def load_for_sampling(args):
+    """The checkpoint's model, its profile re-estimated offline if --estimate-profile was given."""
+    from .module import load_model  # local: the module imports Lightning, which `Parser` users may not need
+
+    model = load_model(args.ckpt, device=args.device)
+    if args.estimate_profile:
+        model.estimate_profile(use_ema=not args.no_ema, seed=args.seed)
+    return model
 
 
 def sample_kwargs(args):

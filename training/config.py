@@ -78,19 +78,48 @@ class PrecondConfig:
 
 @dataclass
 class NoiseConfig:
-    """Training σ distribution. Parameters not used by `name` are ignored."""
-    name: Literal['lognormal', 'loguniform', 'logistic'] = 'lognormal'
+    """Training σ distribution. Parameters not used by `name` are ignored.
+
+    `entropic`: `warmup_steps` on the `base` distribution, then σ drawn uniformly in entropic time
+    from the online profile of the training errors (refreshed every `refresh_every` steps), mixed
+    with a log-uniform `floor` and optionally gated at low σ by σⁿ/(σⁿ + cⁿ) (`gate_c`, `gate_n`).
+    `weighting: keep` keeps λ(σ), so the effective weighting follows the entropy rate (InfoNoise);
+    `importance` multiplies the loss by p_base(σ)/p_entropic(σ), keeping the base objective and
+    changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
+    also gives any checkpoint its entropic sampling schedules.
+    """
+    name: Literal['lognormal', 'loguniform', 'logistic', 'entropic'] = 'lognormal'
     P_mean: float = -1.2
     P_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     loc: float = 0.0    # logistic: location of log-SNR = -2 log σ
     scale: float = 2.0  # logistic: scale of log-SNR
+    base: Literal['lognormal', 'loguniform', 'logistic'] = 'lognormal'
+    warmup_steps: int = 1000
+    refresh_every: int = 100
+    num_bins: int = 64
+    profile_decay: float = 0.9  # running mean of the per-bin errors across refreshes
+    floor: float = 0.05
+    gate_c: Optional[float] = None
+    gate_n: float = 3.0
+    density: Literal['entropic', 'rescaled'] = 'entropic'
+    weighting: Literal['keep', 'importance'] = 'keep'
 
     def validate(self):
-        _positive(self, 'noise', 'P_std', 'sigma_min', 'sigma_max', 'scale')
+        _positive(self, 'noise', 'P_std', 'sigma_min', 'sigma_max', 'scale', 'refresh_every', 'gate_n')
         if self.sigma_min >= self.sigma_max:
             raise ConfigError(f"noise.sigma_min: must be < noise.sigma_max (got {self.sigma_min} >= {self.sigma_max})")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"noise.warmup_steps: must be >= 0 (got {self.warmup_steps})")
+        if not 2 <= self.num_bins <= 4096:
+            raise ConfigError(f"noise.num_bins: must be in 2..4096 (got {self.num_bins})")
+        if not 0 <= self.profile_decay < 1:
+            raise ConfigError(f"noise.profile_decay: must be in [0, 1) (got {self.profile_decay})")
+        if not 0 <= self.floor <= 1:
+            raise ConfigError(f"noise.floor: must be in [0, 1] (got {self.floor})")
+        if self.gate_c is not None and not self.gate_c > 0:
+            raise ConfigError(f"noise.gate_c: must be > 0 or null (got {self.gate_c})")
 
 
 @dataclass
@@ -133,7 +162,8 @@ class SampleConfig:
     num: int = 2000
     steps: int = 18
     solver: Literal['heun', 'euler', 'ddim', 'euler_ancestral', 'dpmpp_2m'] = 'heun'
-    schedule: Literal['karras', 'loglinear', 'vp'] = 'karras'
+    # entropic, rescaled-entropic: uniform in (rescaled) entropic time of the checkpoint's profile
+    schedule: Literal['karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic'] = 'karras'
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0

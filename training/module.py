@@ -5,7 +5,9 @@ no DataLoader work); the EMA lives outside the module tree so DDP never wraps, b
 reduces it, and travels in the checkpoint's 'cedm' entry with the config and generator states.
 """
 
+import json
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -19,6 +21,7 @@ from . import plots
 from .checkpoint import FORMAT_VERSION, read_checkpoint
 from .config import config_to_dict
 from .data import build_dataset
+from .entropy import EntropyProfile
 from .loss import edm_loss
 from .metrics import sample_metrics
 from .noise import build_noise
@@ -75,6 +78,13 @@ class EDMModule(L.LightningModule):
             self.denoiser, beta=e.beta, power=e.power, update_after_step=e.update_after_step,
             update_every=e.update_every, include_online_model=False, use_foreach=True))
         self.ema.ema_model.eval()
+        n = config.noise
+        # The profile of the training errors: the σ distribution of `noise.name: entropic`, and the
+        # entropic sampling schedules of every checkpoint. Outside the module tree like the EMA:
+        # DDP's buffer broadcast would overwrite each rank's own pending statistics.
+        object.__setattr__(self, 'profile', EntropyProfile(
+            sigma_min=n.sigma_min, sigma_max=n.sigma_max, num_bins=n.num_bins, ema_decay=n.profile_decay,
+            floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim))
         self.sigma_bins = SigmaBins()
         self._generator_states = None
 
@@ -82,6 +92,7 @@ class EDMModule(L.LightningModule):
     def _place(self):
         """Move the pieces that live outside the module tree to the module's device."""
         self.ema.to(self.device)
+        self.profile.to(self.device)
         self.dataset.to(self.device)
 
     def on_fit_start(self):
@@ -108,16 +119,31 @@ class EDMModule(L.LightningModule):
     def _is_log_step(self):
         return self.global_step % self.config.trainer.log_every == 0
 
+    def _entropic(self):
+        """Whether σ is drawn from the profile at this step (after the warm-up and a first refresh)."""
+        n = self.config.noise
+        return n.name == 'entropic' and self.global_step >= n.warmup_steps and self.profile.num_refreshes > 0
+
     def training_step(self, batch, batch_idx):
         n = self.config.trainer.batch_size
         x0 = self.dataset.sample(n, generator=self.data_generator)
-        sigma = self.noise.sample(n, generator=self.sigma_generator, device=self.device)
+        entropic = self._entropic()
+        if entropic:
+            sigma = self.profile.sample(n, generator=self.sigma_generator)
+        else:
+            sigma = self.noise.sample(n, generator=self.sigma_generator, device=self.device)
         loss, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator)
+        self.profile.update(sigma, sq_err.detach())
+        if entropic and self.config.noise.weighting == 'importance':
+            loss = loss * (self.noise.log_density(sigma) - self.profile.log_density(sigma)).exp()
         self.sigma_bins.update(sigma, loss)
         loss = loss.mean()
         if self._is_log_step():
             self.log('train/loss', loss, prog_bar=True)
             self.log('train/lr', self.optimizers().param_groups[0]['lr'])
+            quantiles = torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
+            for q, value in zip((10, 50, 90), quantiles):
+                self.log(f'sigma/q{q}', value)
         return loss
 
     def on_before_optimizer_step(self, optimizer):
@@ -128,12 +154,20 @@ class EDMModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.ema.update()
         step = self.global_step
+        if step % self.config.noise.refresh_every == 0:
+            self.profile.refresh()  # a collective under DDP: every rank calls it
+            if self.trainer.is_global_zero and self.logger is not None:
+                self.logger.experiment.add_figure('profile', plots.profile_figure(self.profile), step)
         if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero:
             self._log_figures(step)
 
     def on_train_end(self):
+        self.profile.refresh()
         if self.trainer.is_global_zero:
             self._log_figures(self.global_step)
+            run_dir = Path(self.config.run_dir)
+            plots.save(plots.profile_figure(self.profile), run_dir / 'profile.png')
+            (run_dir / 'profile.json').write_text(json.dumps(profile_summary(self.profile), indent=1))
 
     @torch.no_grad()
     def _log_figures(self, step):
@@ -156,10 +190,12 @@ class EDMModule(L.LightningModule):
             'config': config_to_dict(self.config),
             'ema': self.ema.state_dict(),
             'generators': {'data': self.data_generator.get_state(), 'sigma': self.sigma_generator.get_state()},
+            'profile': self.profile.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint):
         self.ema.load_state_dict(checkpoint['cedm']['ema'])
+        self.profile.load_state_dict(checkpoint['cedm']['profile'])
         self._generator_states = checkpoint['cedm']['generators']
 
     # ------------------------------------------------------------------ sampling
@@ -171,11 +207,29 @@ class EDMModule(L.LightningModule):
         s = self.config.sample
         kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
         schedule = schedule or s.schedule
+        if schedule in ('entropic', 'rescaled-entropic'):
+            kind = 'entropic' if schedule == 'entropic' else 'rescaled'
+            return self.profile.sigmas(steps or s.steps, kind=kind, **kwargs)
         if schedule == 'karras':
             kwargs['rho'] = rho or s.rho
         elif schedule == 'vp':
             kwargs = {}
         return sampling.get_sigmas(schedule, steps or s.steps, **kwargs)
+
+    @torch.no_grad()
+    def estimate_profile(self, use_ema=True, num_points=128, samples_per_point=1024, seed=0):
+        """Replace the training-time profile by an offline estimate (arXiv 2504.13612): the sampling
+        denoiser's errors on fresh data at `num_points` σ spaced in log σ."""
+        self._place()
+        n = self.config.noise
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        profile = EntropyProfile.from_denoiser(
+            self.sampling_denoiser(use_ema), lambda k: self.dataset.sample(k, generator=generator),
+            n.sigma_min, n.sigma_max, num_points=num_points, samples_per_point=samples_per_point,
+            generator=generator, floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density,
+            dim=self.dataset.dim)
+        object.__setattr__(self, 'profile', profile)
+        return profile
 
     @torch.no_grad()
     def sample(self, n, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
@@ -192,6 +246,13 @@ class EDMModule(L.LightningModule):
         sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
         return sampling.sample(self.sampling_denoiser(use_ema), noise, sigmas, solver or self.config.sample.solver,
                                generator=generator, callback=callback, **options)
+
+
+def profile_summary(profile):
+    """The profile as plain lists (for profile.json): σ grid, mmse, rate, entropy, rescaled time."""
+    sigma, mmse = profile.mmse()
+    return {'sigma': sigma.tolist(), 'mmse': mmse.tolist(), 'entropy_rate_nats_per_log_sigma': profile.rate()[1].tolist(),
+            'entropy_nats': profile.entropy()[1].tolist(), 'rescaled_time': profile.rescaled()[1].tolist()}
 
 
 def load_model(path, device=None):

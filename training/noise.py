@@ -59,11 +59,12 @@ class LogisticLogSNR:
 
 
 def build_noise(noise):
-    """The σ distribution of a `NoiseConfig`."""
-    if noise.name == 'lognormal':
+    """The σ distribution of a `NoiseConfig`; for `entropic`, its warm-up (base) distribution."""
+    name = noise.base if noise.name == 'entropic' else noise.name
+    if name == 'lognormal':
         return LogNormal(noise.P_mean, noise.P_std)
-    if noise.name == 'loguniform':
+    if name == 'loguniform':
         return LogUniform(noise.sigma_min, noise.sigma_max)
-    if noise.name == 'logistic':
+    if name == 'logistic':
         return LogisticLogSNR(noise.loc, noise.scale)
-    raise ValueError(f"noise.name: unknown distribution '{noise.name}'")
+    raise ValueError(f"noise.name: unknown distribution '{name}'")

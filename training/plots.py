@@ -73,6 +73,36 @@ def sigma_curves_figure(sigma, curves):
     return fig
 
 
+def profile_figure(profile, schedules=None):
+    """An `EntropyProfile`: entropy rate and sampling density per log σ, H(σ) − H(σ_min), and the
+    entropic and rescaled times (CDFs). `schedules` {label: σ tensor} are drawn as ticks on the
+    CDF panel, at the height of their entropic time."""
+    sigma = profile.mmse()[0].cpu().numpy()
+    rate = profile.rate()[1].cpu().numpy()
+    entropy = profile.entropy()[1].cpu().numpy()
+    rescaled = profile.rescaled()[1].cpu().numpy()
+    entropic_time = entropy / entropy[-1] if entropy[-1] > 0 else np.linspace(0, 1, len(entropy))
+    density = profile.log_density(profile.mmse()[0]).exp().cpu().numpy()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
+    a.plot(sigma, rate, label='dH/dlog σ (nats)')
+    a.plot(sigma, density * rate.max() / max(density.max(), 1e-12), '--', label='training σ density (scaled)')
+    a.set(xscale='log', xlabel='σ', title='entropy rate per log σ')
+    b.plot(sigma, entropy)
+    b.set(xscale='log', xlabel='σ', ylabel='nats', title='H[x0 | x_σ] − H[x0 | x_σmin]')
+    c.plot(sigma, entropic_time, label='entropic time')
+    c.plot(sigma, rescaled, label='rescaled entropic time')
+    for i, (label, sigmas) in enumerate((schedules or {}).items()):
+        s = sigmas[sigmas > 0].cpu().numpy()
+        c.plot(s, np.interp(np.log(s), np.log(sigma), entropic_time), '|', markersize=12 - 2 * i, label=label)
+    c.set(xscale='log', xlabel='σ', title='time (CDF) and schedules')
+    for ax in (a, b, c):
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    c.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path):
     fig.savefig(path, dpi=120)
     plt.close(fig)
