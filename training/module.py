@@ -156,8 +156,6 @@ class EDMModule(L.LightningModule):
         step = self.global_step
         if step % self.config.noise.refresh_every == 0:
             self.profile.refresh()  # a collective under DDP: every rank calls it
-            if self.trainer.is_global_zero and self.logger is not None:
-                self.logger.experiment.add_figure('profile', plots.profile_figure(self.profile), step)
         if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero:
             self._log_figures(step)
 
@@ -182,6 +180,9 @@ class EDMModule(L.LightningModule):
         tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
         centres, means = self.sigma_bins.pop()
         tb.add_figure('loss_vs_sigma', plots.loss_vs_sigma_figure(centres, means), step)
+        # The profile as of its latest refresh; drawn here rather than at every refresh because
+        # a figure costs about a second on a CPU, many training steps of a toy model.
+        tb.add_figure('profile', plots.profile_figure(self.profile), step)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):
