@@ -1,12 +1,16 @@
 """Sample-quality metrics of a checkpoint, next to the floor of its sampler.
 
     python metrics.py --ckpt RUN/checkpoints/last.ckpt [--num 5000] [--steps 18] [--solver heun]
-                      [--schedule karras] [--seed 0] [--json FILE] [--sigma-plot FILE]
+                      [--schedule karras] [--seed 0] [--json FILE] [--sigma-plot FILE] [--likelihood N]
 
 Rows: the trained model; the same sampler, schedule, steps and noise with the exact denoiser
 (the discretisation floor any trained model is held to); and fresh ground truth against ground
 truth (the metric's own sampling noise). Columns: sliced Wasserstein-2 (swd), MMD² with RBF
 kernels (mmd) and, for Gaussian-mixture data, the mean exact NLL of the samples in nats (nll).
+
+--likelihood N: the model's own negative log-likelihood of N held-out data points by the I-MMSE
+identity (training/likelihood.py), in nats and bits/dim, next to the same estimate with the exact
+denoiser and, for mixtures, the exact −log p of the same points.
 """
 
 import json
@@ -16,7 +20,8 @@ import torch
 
 import sampling
 from training import plots
-from training.cli import Parser, add_sampler_args, check_sampler_args, load_for_sampling, main_guard, sample_kwargs
+from training.likelihood import bits_per_dim, nll
+from training.cli import Parser, UsageError, add_sampler_args, check_sampler_args, load_for_sampling, main_guard, sample_kwargs
 from training.metrics import sample_metrics
 
 
@@ -33,14 +38,34 @@ def sigma_curves(denoiser, dataset, sigma, num, generator):
     return mse, score_norm
 
 
+def likelihood(model, exact, num, seed, no_ema):
+    """Mean NLL (nats, bits/dim) of `num` held-out points: model and exact denoiser by I-MMSE, and exact −log p."""
+    x0 = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(seed + 7))
+    dim = model.dataset.dim
+    rows = {'model (I-MMSE)': nll(model.sampling_denoiser(not no_ema), x0, generator=torch.Generator(model.device).manual_seed(0)),
+            'exact denoiser (I-MMSE)': nll(exact, x0, generator=torch.Generator(model.device).manual_seed(0))}
+    if model.dataset.mixture is not None:
+        rows['exact -log p'] = -model.dataset.mixture.log_prob(x0.double())
+    print(f'negative log-likelihood of {num} held-out points: nats/sample, bits/dim')
+    result = {}
+    for name, values in rows.items():
+        mean = values.mean().item()
+        result[name] = {'nats': mean, 'bits_per_dim': bits_per_dim(mean, dim)}
+        print(f'{name:24s} {mean:10.4f} {result[name]["bits_per_dim"]:10.4f}')
+    return result
+
+
 @main_guard
 def main(argv=None):
     parser = Parser(description='Sample-quality metrics of a cedm checkpoint against its exact-denoiser floor.')
     add_sampler_args(parser)
     parser.add_argument('--json', help='also write the table to this JSON file')
     parser.add_argument('--sigma-plot', help='write a PNG of denoising error and score norm against σ')
+    parser.add_argument('--likelihood', type=int, metavar='N', help='I-MMSE NLL of N held-out data points')
     args = parser.parse_args(argv)
     check_sampler_args(args)
+    if args.likelihood is not None and args.likelihood < 1:
+        raise UsageError(f'--likelihood: must be >= 1 (got {args.likelihood})')
     model = load_for_sampling(args)
     num = args.num or 5000
     kwargs = sample_kwargs(args)
@@ -67,6 +92,8 @@ def main(argv=None):
     print(f"{'':16s}" + ''.join(f'{c:>12s}' for c in columns))
     for name, values in table.items():
         print(f'{name:16s}' + ''.join(f'{values[c]:12.4f}' for c in columns))
+    if args.likelihood:
+        table['likelihood'] = likelihood(model, exact, args.likelihood, args.seed, args.no_ema)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(table, f, indent=2)

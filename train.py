@@ -16,10 +16,10 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from training.checkpoint import AtomicCheckpointIO
 from training.cli import Parser, UsageError, main_guard
 from training.config import config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
-from training.module import EDMModule
+from training.module import EDMModule, load_model
 
 DEFAULT_CONFIG = 'configs/toy/default.yaml'
 
@@ -34,8 +34,10 @@ def resolve_config(args):
             raise UsageError("resume=auto needs run_dir=PATH to know where to look for checkpoints/last.ckpt")
         last = Path(run_dir) / 'checkpoints' / 'last.ckpt'
         resume = str(last) if last.is_file() else None
+    if resume is not None:
+        stored = load_model(resume, device='cpu').config  # fails in one line on a bad checkpoint
     if resume is not None and not args.config:
-        base = config_to_dict(read_checkpoint(resume)[1])  # continue with the run's own config
+        base = config_to_dict(stored)  # continue with the run's own config
     else:
         base = read_config_file(args.config or DEFAULT_CONFIG)
     config = config_from_dict(merge(base, overrides))

@@ -18,5 +18,5 @@ def tiny_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp('runs') / 'tiny'
     train.main(['trainer.max_steps=60', 'trainer.ckpt_every=30', 'trainer.plot_every=30', 'trainer.log_every=10',
-                'trainer.progress_bar=false', 'sample.num=200', 'trainer.batch_size=128', f'run_dir={run_dir}'])
+                'trainer.progress_bar=false', 'sample.num=200', 'trainer.batch_size=128', 'ema.update_after_step=10', f'run_dir={run_dir}'])
     return run_dir

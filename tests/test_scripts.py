@@ -125,3 +125,77 @@ def test_command_line_error_from_a_real_process():
     result = subprocess.run([sys.executable, 'train.py', 'optim.lr=-1'], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == 'train.py: error: optim.lr: must be a finite number > 0 (got -1.0)'
+
+
+@pytest.fixture(scope='module')
+def entropic_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp('runs') / 'entropic'
+    train.main(['noise.name=entropic', 'noise.warmup_steps=20', 'noise.refresh_every=10', 'trainer.max_steps=60',
+                'trainer.log_every=10', 'trainer.plot_every=60', 'trainer.ckpt_every=60', 'trainer.progress_bar=false',
+                'trainer.batch_size=128', 'sample.num=200', f'run_dir={run_dir}'])
+    return run_dir
+
+
+def test_entropic_training_draws_from_the_refreshed_profile(entropic_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    model = load_model(entropic_run / 'checkpoints' / 'last.ckpt', device='cpu')
+    assert model.profile.num_refreshes.item() == 6  # steps 10, 20, ..., 60, all before the checkpoint at 60
+    assert torch.isfinite(model.profile.rate()[1]).all()
+    summary = json.loads((entropic_run / 'profile.json').read_text())
+    assert len(summary['sigma']) == 64 and summary['entropy_nats'][-1] > 0
+    assert (entropic_run / 'profile.png').is_file()
+    # Warm-up steps draw lognormal σ (median e^-1.2 = 0.30); afterwards the entropic density puts
+    # its median far lower, where every smooth density has rate ≈ d nats per e-fold.
+    acc = EventAccumulator(str(entropic_run / 'tensorboard')).Reload()
+    median = {e.step: e.value for e in acc.Scalars('sigma/q50')}
+    assert sorted(median) == [9, 19, 29, 39, 49, 59]
+    assert 0.1 < median[9] < 0.9 and 0.1 < median[19] < 0.9
+    assert max(median[s] for s in (29, 39, 49, 59)) < 0.1
+    assert 'profile' in acc.Tags()['images']
+
+
+def test_importance_weighting_mode_trains(tmp_path):
+    train.main(['noise.name=entropic', 'noise.weighting=importance', 'noise.warmup_steps=10', 'noise.refresh_every=5',
+                'trainer.max_steps=20', 'trainer.progress_bar=false', 'trainer.batch_size=64', 'sample.num=100',
+                f'run_dir={tmp_path}'])
+    checkpoint, _ = read_checkpoint(tmp_path / 'checkpoints' / 'last.ckpt')
+    assert checkpoint['global_step'] == 20
+
+
+def test_entropic_schedules_from_the_checkpoint(entropic_run, tmp_path, capsys):
+    ckpt = str(entropic_run / 'checkpoints' / 'last.ckpt')
+    model = load_model(ckpt, device='cpu')
+    for schedule in ('entropic', 'rescaled-entropic'):
+        sigmas = model.sigmas(8, schedule)
+        assert len(sigmas) == 9 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+        assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002)
+        sample.main(['--ckpt', ckpt, '--schedule', schedule, '--steps', '8', '--num', '100', '--out', str(tmp_path / schedule)])
+        assert np.load(tmp_path / schedule / 'samples.npz')['x'].shape == (100, 2)
+    # --estimate-profile replaces the training-time profile by an offline one from the model itself.
+    sample.main(['--ckpt', ckpt, '--schedule', 'entropic', '--steps', '8', '--num', '100', '--estimate-profile',
+                 '--out', str(tmp_path / 'estimated')])
+    assert np.isfinite(np.load(tmp_path / 'estimated' / 'samples.npz')['x']).all()
+
+
+def test_plot_profile_writes_figure_and_a_valid_logistic_override(entropic_run, tmp_path, capsys):
+    import plot_profile
+    from training.config import load_config
+    out = tmp_path / 'p.png'
+    plot_profile.main(['--ckpt', str(entropic_run / 'checkpoints' / 'last.ckpt'), '--out', str(out), '--steps', '10'])
+    assert out.stat().st_size > 1000
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith('logistic log-SNR fit:')][0]
+    overrides = line.split(':', 1)[1].split()
+    config = load_config('configs/toy/default.yaml', overrides)
+    assert config.noise.name == 'logistic' and config.noise.scale > 0
+
+
+def test_metrics_likelihood(tiny_run, tmp_path):
+    out = tmp_path / 'm.json'
+    metrics.main(['--ckpt', str(tiny_run / 'checkpoints' / 'last.ckpt'), '--num', '200', '--steps', '4',
+                  '--likelihood', '100', '--json', str(out)])
+    result = json.loads(out.read_text())['likelihood']
+    exact = result['exact -log p']['nats']
+    # The exact denoiser's I-MMSE estimate recovers the exact NLL; a 60-step model is much worse.
+    assert result['exact denoiser (I-MMSE)']['nats'] == pytest.approx(exact, abs=0.25)
+    assert result['model (I-MMSE)']['nats'] > exact + 0.5
+    assert result['model (I-MMSE)']['bits_per_dim'] == pytest.approx(result['model (I-MMSE)']['nats'] / (2 * np.log(2)))

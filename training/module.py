@@ -18,7 +18,7 @@ import sampling
 from networks import build_denoiser
 
 from . import plots
-from .checkpoint import FORMAT_VERSION, read_checkpoint
+from .checkpoint import FORMAT_VERSION, CheckpointError, read_checkpoint
 from .config import config_to_dict
 from .data import build_dataset
 from .entropy import EntropyProfile
@@ -117,7 +117,8 @@ class EDMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def _is_log_step(self):
-        return self.global_step % self.config.trainer.log_every == 0
+        # Lightning writes logged values when (step + 1) % log_every_n_steps == 0: log on those steps.
+        return (self.global_step + 1) % self.config.trainer.log_every == 0
 
     def _entropic(self):
         """Whether σ is drawn from the profile at this step (after the warm-up and a first refresh)."""
@@ -151,16 +152,19 @@ class EDMModule(L.LightningModule):
             grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
             self.log('train/grad_norm', torch.nn.utils.get_total_norm(grads))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        # The EMA and the profile advance with the optimizer, before callbacks (checkpoints) see the step.
+        super().optimizer_step(*args, **kwargs)
         self.ema.update()
-        step = self.global_step
-        if step % self.config.noise.refresh_every == 0:
+        if self.global_step % self.config.noise.refresh_every == 0:
             self.profile.refresh()  # a collective under DDP: every rank calls it
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        step = self.global_step
         if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero:
             self._log_figures(step)
 
     def on_train_end(self):
-        self.profile.refresh()
         if self.trainer.is_global_zero:
             self._log_figures(self.global_step)
             run_dir = Path(self.config.run_dir)
@@ -263,7 +267,11 @@ def load_model(path, device=None):
     """
     checkpoint, config = read_checkpoint(path)
     model = EDMModule(config)
-    model.load_state_dict(checkpoint['state_dict'])
-    model.on_load_checkpoint(checkpoint)
+    try:
+        model.load_state_dict(checkpoint['state_dict'])
+        model.on_load_checkpoint(checkpoint)
+    except (KeyError, RuntimeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {reason}") from None
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     return model.to(device).eval()
