@@ -1,7 +1,7 @@
 """Training σ distributions compared on toy data: quality against steps, and the speed-up.
 
     python benchmarks/entropic_training.py [--datasets ring tree moons swissroll] [--seeds 0 1 2]
-        [--steps 10000] [--evals 1000 2000 4000 6000 8000 10000] [--workers 2] [--out DIR]
+        [--steps 10000] [--evals 1000 2000 4000 6000 8000 10000] [--workers 2] [--out DIR] [--summarise-only]
 
 Every run is `train.py`'s own Lightning loop (the same model, batch, optimizer, EMA) with one
 σ distribution; runs differ only in `noise.*`. At each evaluation step the EMA model draws 4000
@@ -141,10 +141,17 @@ def main():
     parser.add_argument('--evals', nargs='+', type=int, default=[1000, 2000, 4000, 6000, 8000, 10000])
     parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--out', default='benchmarks/results/entropic_training')
+    parser.add_argument('--summarise-only', action='store_true', help='summarise the cached runs without training')
     args = parser.parse_args()
     if 'lognormal' not in args.variants:
         parser.error('--variants must include lognormal (the baseline)')
     out = Path(args.out)
+    if args.summarise_only:  # from the cached runs, over the seeds every dataset and variant has
+        cached = lambda d, v, s: out / 'runs' / f'{d}-{v}-{s}.json'
+        seeds = [s for s in args.seeds if all(cached(d, v, s).is_file() for d in args.datasets for v in args.variants)]
+        results = {(d, v, s): json.loads(cached(d, v, s).read_text())
+                   for s in seeds for d in args.datasets for v in args.variants}
+        return summarise(results, args.datasets, args.variants, seeds, out)
     jobs = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants]
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {job: pool.submit(run_one, *job, args.steps, set(args.evals), out) for job in jobs}

@@ -199,3 +199,17 @@ def test_metrics_likelihood(tiny_run, tmp_path):
     assert result['exact denoiser (I-MMSE)']['nats'] == pytest.approx(exact, abs=0.25)
     assert result['model (I-MMSE)']['nats'] > exact + 0.5
     assert result['model (I-MMSE)']['bits_per_dim'] == pytest.approx(result['model (I-MMSE)']['nats'] / (2 * np.log(2)))
+
+
+@pytest.mark.parametrize('overrides', [
+    ['precond.name=vp', 'data.name=moons'],
+    ['precond.name=ve', 'data.name=checkerboard', 'noise.name=loguniform'],
+    ['--config', 'configs/toy/gmm.yaml', 'noise.name=logistic', 'optim.grad_clip=1.0'],
+    ['--config', 'configs/toy/tree.yaml', 'network.width=32'],
+])
+def test_preconditionings_datasets_and_distributions_train(overrides, tmp_path):
+    train.main(overrides + ['trainer.max_steps=4', 'trainer.plot_every=4', 'trainer.log_every=2', 'sample.num=64',
+                            'sample.steps=4', 'trainer.batch_size=32', 'trainer.progress_bar=false', f'run_dir={tmp_path}'])
+    model = load_model(tmp_path / 'checkpoints' / 'last.ckpt', device='cpu')
+    assert torch.isfinite(model.sample(32, steps=4)).all()
+    metrics.main(['--ckpt', str(tmp_path / 'checkpoints' / 'last.ckpt'), '--num', '64', '--steps', '3'])
