@@ -56,7 +56,7 @@ def build_trainer(config, run_dir):
         callbacks.append(TQDMProgressBar(refresh_rate=t.log_every))
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, gradient_clip_val=config.optim.grad_clip, default_root_dir=run_dir,
+        precision=t.precision, default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir, name='tensorboard', version=''), callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)

@@ -95,13 +95,14 @@ def steps_to_reach(steps, quality, target):
     return None
 
 
-def summarise(results, datasets, variants, seeds, out):
+def summarise(results, datasets, variants, seeds_by_dataset, out):
     import numpy as np
 
     lines = ['| dataset | σ distribution | gap at each eval step (mean ± std over seeds, nats) | final SWD | σ q10/q50/q90 (final) | speed-up vs lognormal |',
              '| --- | --- | --- | --- | --- | --- |']
     curves = {}
     for d in datasets:
+        seeds = seeds_by_dataset[d]
         base = np.mean([results[d, 'lognormal', s]['gap'] for s in seeds], axis=0)
         steps = results[d, 'lognormal', seeds[0]]['step']
         for v in variants:
@@ -113,8 +114,8 @@ def summarise(results, datasets, variants, seeds, out):
             swd = np.mean([results[d, v, s]['swd'][-1] for s in seeds])
             q = np.mean([results[d, v, s]['sigma_q10_50_90'][-1] for s in seeds], axis=0)
             cells = ' / '.join(f'{m:.2f}±{sd:.2f}' for m, sd in zip(mean, gaps.std(0)))
-            lines.append(f'| {d} | {v} | {cells} | {swd:.4f} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} |')
-    header = f"evaluation steps: {results[datasets[0], 'lognormal', seeds[0]]['step']}; seeds {seeds}\n\n"
+            lines.append(f'| {d} ({len(seeds)} seeds) | {v} | {cells} | {swd:.4f} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} |')
+    header = f"evaluation steps: {steps}; seeds per dataset: {seeds_by_dataset}\n\n"
     (out / 'results.md').write_text(header + '\n'.join(lines) + '\n')
     print(header + '\n'.join(lines))
 
@@ -148,15 +149,15 @@ def main():
     out = Path(args.out)
     if args.summarise_only:  # from the cached runs, over the seeds every dataset and variant has
         cached = lambda d, v, s: out / 'runs' / f'{d}-{v}-{s}.json'
-        seeds = [s for s in args.seeds if all(cached(d, v, s).is_file() for d in args.datasets for v in args.variants)]
+        seeds = {d: [s for s in args.seeds if all(cached(d, v, s).is_file() for v in args.variants)] for d in args.datasets}
         results = {(d, v, s): json.loads(cached(d, v, s).read_text())
-                   for s in seeds for d in args.datasets for v in args.variants}
+                   for d in args.datasets for s in seeds[d] for v in args.variants}
         return summarise(results, args.datasets, args.variants, seeds, out)
     jobs = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants]
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {job: pool.submit(run_one, *job, args.steps, set(args.evals), out) for job in jobs}
         results = {job: f.result() for job, f in futures.items()}
-    summarise(results, args.datasets, args.variants, args.seeds, out)
+    summarise(results, args.datasets, args.variants, {d: args.seeds for d in args.datasets}, out)
 
 
 if __name__ == '__main__':

@@ -380,6 +380,7 @@ def _refresh_on_rank(rank, world_size, directory):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_refresh_sums_over_ranks(tmp_path):
     torch.multiprocessing.start_processes(_refresh_on_rank, args=(2, tmp_path), nprocs=2,
                                           start_method='fork')  # fork: no re-import, fast

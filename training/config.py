@@ -182,7 +182,7 @@ class TrainerConfig:
     devices: int = 1
     precision: Literal['32', 'bf16-mixed', '16-mixed'] = '32'
     log_every: int = 50        # scalars to TensorBoard
-    plot_every: int = 1000     # figures (samples over the ground truth, loss against σ)
+    plot_every: int = 2000     # figures and sample metrics (about a second each on a CPU)
     ckpt_every: int = 1000     # checkpoints (last.ckpt is rewritten each time)
     progress_bar: bool = True
 

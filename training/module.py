@@ -87,6 +87,9 @@ class EDMModule(L.LightningModule):
             floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim))
         self.sigma_bins = SigmaBins()
         self._generator_states = None
+        # Manual optimisation: one optimizer step per batch needs none of Lightning's closure
+        # machinery, which cost about 10% of a toy step's time (benchmarks/train_overhead.py).
+        self.automatic_optimization = False
 
     # ------------------------------------------------------------------ set-up
     def _place(self):
@@ -139,25 +142,28 @@ class EDMModule(L.LightningModule):
             loss = loss * (self.noise.log_density(sigma) - self.profile.log_density(sigma)).exp()
         self.sigma_bins.update(sigma, loss)
         loss = loss.mean()
-        if self._is_log_step():
-            self.log('train/loss', loss, prog_bar=True)
-            self.log('train/lr', self.optimizers().param_groups[0]['lr'])
-            quantiles = torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
-            for q, value in zip((10, 50, 90), quantiles):
-                self.log(f'sigma/q{q}', value)
-        return loss
-
-    def on_before_optimizer_step(self, optimizer):
-        if self._is_log_step():
+        log = self._is_log_step()
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if log:
             grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
-            self.log('train/grad_norm', torch.nn.utils.get_total_norm(grads))
-
-    def optimizer_step(self, *args, **kwargs):
+            self.log('train/grad_norm', torch.nn.utils.get_total_norm(grads))  # before clipping
+        if self.config.optim.grad_clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm='norm')
+        lr = optimizer.param_groups[0]['lr']  # the rate this step uses
+        optimizer.step()
+        self.lr_schedulers().step()
         # The EMA and the profile advance with the optimizer, before callbacks (checkpoints) see the step.
-        super().optimizer_step(*args, **kwargs)
         self.ema.update()
         if self.global_step % self.config.noise.refresh_every == 0:
             self.profile.refresh()  # a collective under DDP: every rank calls it
+        if log:
+            self.log('train/loss', loss, prog_bar=True)
+            self.log('train/lr', lr)
+            quantiles = torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
+            for q, value in zip((10, 50, 90), quantiles):
+                self.log(f'sigma/q{q}', value)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step
@@ -166,19 +172,20 @@ class EDMModule(L.LightningModule):
 
     def on_train_end(self):
         if self.trainer.is_global_zero:
-            self._log_figures(self.global_step)
+            if self.global_step % self.config.trainer.plot_every:  # else the last step drew them
+                self._log_figures(self.global_step)
             run_dir = Path(self.config.run_dir)
             plots.save(plots.profile_figure(self.profile), run_dir / 'profile.png')
             (run_dir / 'profile.json').write_text(json.dumps(profile_summary(self.profile), indent=1))
 
     @torch.no_grad()
     def _log_figures(self, step):
-        tb = self.logger.experiment if self.logger is not None else None
+        if self.logger is None:
+            return
+        tb = self.logger.experiment
         s = self.config.sample
         x = self.sample(s.num, seed=0)
         reference = self.dataset.sample(s.num, generator=_generator(self.device, self.config.seed, 2**16))
-        if tb is None:
-            return
         for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
             tb.add_scalar(f'eval/{name}', value, step)
         tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
