@@ -34,9 +34,9 @@ def resolve_config(args):
             raise UsageError("resume=auto needs run_dir=PATH to know where to look for checkpoints/last.ckpt")
         last = Path(run_dir) / 'checkpoints' / 'last.ckpt'
         resume = str(last) if last.is_file() else None
-    if resume is not None:
-        stored = load_model(resume, device='cpu').config  # fails in one line on a bad checkpoint
-    if resume is not None and not args.config:
+    # Loading the whole model checks a checkpoint up front, so a bad one fails in one line.
+    stored = load_model(resume, device='cpu').config if resume is not None else None
+    if stored is not None and not args.config:
         base = config_to_dict(stored)  # continue with the run's own config
     else:
         base = read_config_file(args.config or DEFAULT_CONFIG)

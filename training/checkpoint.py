@@ -37,6 +37,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def first_line(error, limit=200):
+    """An exception's message cut to one line (its type when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def read_checkpoint(path):
     """Load a cedm checkpoint on the CPU; returns (checkpoint dict, validated Config)."""
     path = Path(path)
@@ -45,8 +51,7 @@ def read_checkpoint(path):
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): {reason[:200]}") from None
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): {first_line(e)}") from None
     if not isinstance(checkpoint, dict) or 'cedm' not in checkpoint:
         raise CheckpointError(f"{path}: not a cedm checkpoint (no 'cedm' entry)")
     meta = checkpoint['cedm']

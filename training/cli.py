@@ -32,12 +32,12 @@ def main_guard(main):
     return wrapper
 
 
-def add_sampler_args(parser, config_defaults_note='the checkpoint config'):
+def add_sampler_args(parser):
     """Flags shared by sample.py and metrics.py; None means 'from the checkpoint's config'."""
     import sampling  # local: keeps `training.cli` importable without the sampling package loaded
 
     parser.add_argument('--ckpt', required=True, help='checkpoint file (e.g. RUN/checkpoints/last.ckpt)')
-    parser.add_argument('--num', type=int, help=f'number of samples (default: {config_defaults_note})')
+    parser.add_argument('--num', type=int, help="number of samples (sample.py: the config's sample.num; metrics.py: 5000)")
     parser.add_argument('--steps', type=int, help='sampler steps (heun: 2*steps-1 denoiser calls)')
     parser.add_argument('--solver', choices=sorted(sampling.SOLVERS), help='ODE/SDE solver')
     parser.add_argument('--schedule', choices=sorted(sampling.SCHEDULES) + ['entropic', 'rescaled-entropic'],

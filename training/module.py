@@ -18,7 +18,7 @@ import sampling
 from networks import build_denoiser
 
 from . import plots
-from .checkpoint import FORMAT_VERSION, CheckpointError, read_checkpoint
+from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkpoint
 from .config import config_to_dict
 from .data import build_dataset
 from .entropy import EntropyProfile
@@ -84,7 +84,7 @@ class EDMModule(L.LightningModule):
         # DDP's buffer broadcast would overwrite each rank's own pending statistics.
         object.__setattr__(self, 'profile', EntropyProfile(
             sigma_min=n.sigma_min, sigma_max=n.sigma_max, num_bins=n.num_bins, ema_decay=n.profile_decay,
-            floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim))
+            **self._profile_sampling_kwargs()))
         self.sigma_bins = SigmaBins()
         self._generator_states = None
         # Manual optimisation: one optimizer step per batch needs none of Lightning's closure
@@ -92,6 +92,11 @@ class EDMModule(L.LightningModule):
         self.automatic_optimization = False
 
     # ------------------------------------------------------------------ set-up
+    def _profile_sampling_kwargs(self):
+        """How the config's `noise` section shapes the profile's σ density (online and offline alike)."""
+        n = self.config.noise
+        return dict(floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim)
+
     def _place(self):
         """Move the pieces that live outside the module tree to the module's device."""
         self.ema.to(self.device)
@@ -238,8 +243,7 @@ class EDMModule(L.LightningModule):
         profile = EntropyProfile.from_denoiser(
             self.sampling_denoiser(use_ema), lambda k: self.dataset.sample(k, generator=generator),
             n.sigma_min, n.sigma_max, num_points=num_points, samples_per_point=samples_per_point,
-            generator=generator, floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density,
-            dim=self.dataset.dim)
+            generator=generator, **self._profile_sampling_kwargs())
         object.__setattr__(self, 'profile', profile)
         return profile
 
@@ -278,7 +282,6 @@ def load_model(path, device=None):
         model.load_state_dict(checkpoint['state_dict'])
         model.on_load_checkpoint(checkpoint)
     except (KeyError, RuntimeError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {reason}") from None
+        raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {first_line(e)}") from None
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     return model.to(device).eval()
