@@ -7,19 +7,21 @@ keys with YAML values (`data.name=moons`, `trainer.max_steps=2000`, `data.weight
 Resuming takes the config stored in the checkpoint (overrides still apply) unless --config is given.
 """
 
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from training.checkpoint import AtomicCheckpointIO
+from training.checkpoint import AtomicCheckpointIO, remove_stale_temporaries
 from training.cli import Parser, UsageError, main_guard
 from training.config import config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
 from training.module import EDMModule, load_model
+from training.shutdown import GracefulShutdown
 
 DEFAULT_CONFIG = 'configs/toy/default.yaml'
 
@@ -49,9 +51,15 @@ def resolve_config(args):
 
 def build_trainer(config, run_dir):
     t = config.trainer
+    # Checkpoints hold the state after the step's update, as intended; Lightning warns about that
+    # under manual optimisation.
+    warnings.filterwarnings('ignore', message='Using ModelCheckpoint with manual optimization')
+    if config.resume:  # continuing in the same folder is the point
+        warnings.filterwarnings('ignore', message='Checkpoint directory .* exists and is not empty')
     callbacks = [ModelCheckpoint(
         dirpath=run_dir / 'checkpoints', filename='step-{step:07d}', auto_insert_metric_name=False,
-        every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True)]
+        every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True),
+        GracefulShutdown(run_dir / 'checkpoints' / 'last.ckpt')]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=t.log_every))
     return L.Trainer(
@@ -72,18 +80,26 @@ def main(argv=None):
     config, resume = resolve_config(args)
     run_dir = Path(config.run_dir)
 
-    torch.manual_seed(config.seed)  # network initialisation
+    L.seed_everything(config.seed, verbose=False)  # network initialisation; torch, numpy and Python streams
     model = EDMModule(config)
     trainer = build_trainer(config, run_dir)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir / 'checkpoints')
         (run_dir / 'config.yaml').write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         num_params = sum(p.numel() for p in model.denoiser.parameters())
         print(f'cedm: {config.name}: {num_params:,} parameters; run directory {run_dir}'
               + (f'; resuming from {resume}' if resume else ''))
     trainer.fit(model, ckpt_path=resume)
+    last = run_dir / 'checkpoints' / 'last.ckpt'
+    shutdown = next(c for c in trainer.callbacks if isinstance(c, GracefulShutdown))
+    if shutdown.stopped_at is not None:
+        if trainer.is_global_zero:
+            print(f'cedm: stopped by {shutdown.received.name} at step {shutdown.stopped_at}; checkpoint {last}; '
+                  f'resume with: python train.py --resume auto run_dir={run_dir}', file=sys.stderr)
+        sys.exit(128 + shutdown.received)  # the shell's convention for a process ended by a signal
     if trainer.is_global_zero:
-        print(f'cedm: done at step {trainer.global_step}; checkpoint {run_dir / "checkpoints" / "last.ckpt"}')
+        print(f'cedm: done at step {trainer.global_step}; checkpoint {last}')
 
 
 if __name__ == '__main__':

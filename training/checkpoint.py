@@ -37,6 +37,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a killed process left unfinished in `folder`."""
+    for path in Path(folder).glob('.*.ckpt.tmp*'):
+        path.unlink(missing_ok=True)
+
+
 def first_line(error, limit=200):
     """An exception's message cut to one line (its type when it has none), for one-line errors."""
     text = str(error).strip()

@@ -12,22 +12,33 @@ class UsageError(ValueError):
     """A bad command-line value, with a one-line message naming it."""
 
 
+class RunStopped(RuntimeError):
+    """A run that stopped itself for a reason the user must act on (exit code 1)."""
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
 
 
 def main_guard(main):
-    """Run `main`, turning config, checkpoint and usage errors into one line and exit code 2."""
+    """Run `main`, turning config, checkpoint and usage errors into one line and exit code 2, a run that
+    stopped itself into one line and exit code 1, and Ctrl-C outside training into exit code 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        prog = sys.argv[0].rsplit('/', 1)[-1] or 'cedm'
         try:
             return main(*args, **kwargs)
         except (ConfigError, CheckpointError, UsageError) as e:
-            prog = sys.argv[0].rsplit('/', 1)[-1] or 'cedm'
             print(f'{prog}: error: {e}', file=sys.stderr)
             sys.exit(2)
+        except RunStopped as e:
+            print(f'{prog}: stopped: {e}', file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print(f'{prog}: interrupted', file=sys.stderr)
+            sys.exit(130)
 
     return wrapper
 

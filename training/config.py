@@ -184,10 +184,12 @@ class TrainerConfig:
     log_every: int = 50        # scalars to TensorBoard
     plot_every: int = 2000     # figures and sample metrics (about a second each on a CPU)
     ckpt_every: int = 1000     # checkpoints (last.ckpt is rewritten each time)
+    max_nonfinite: int = 20    # batches in a row with a non-finite loss or gradient (each skipped) that stop the run
     progress_bar: bool = True
 
     def validate(self):
-        _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'log_every', 'plot_every', 'ckpt_every')
+        _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'log_every', 'plot_every', 'ckpt_every',
+                  'max_nonfinite')
 
 
 @dataclass
@@ -249,6 +251,8 @@ def _coerce(value, tp, key):
         (inner,) = typing.get_args(tp)
         return [_coerce(v, inner, f'{key}[{i}]') for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str):
+            value = _number(value, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: must be a number (got {value!r})")
         if math.isnan(value):
@@ -269,6 +273,14 @@ def _coerce(value, tp, key):
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, key)
     raise TypeError(f'unsupported config type {tp}')
+
+
+def _number(text, key):
+    """A float from a string such as '1e-3', which YAML 1.1 (PyYAML) reads as a string: no dot."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key}: must be a number (got {text!r})") from None
 
 
 def _from_dict(cls, values, prefix=''):

@@ -10,15 +10,15 @@ import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from ema_pytorch import EMA
 
 import sampling
 from networks import build_denoiser
 
-from . import plots
+from . import plots, rng
 from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkpoint
+from .cli import RunStopped
 from .config import config_to_dict
 from .data import build_dataset
 from .entropy import EntropyProfile
@@ -59,10 +59,8 @@ class SigmaBins:
         return centres, means
 
 
-def _generator(device, *key):
-    """A torch generator on `device` seeded from (seed, rank, stream) through numpy's SeedSequence."""
-    seed = int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(seed)
+class NonFiniteError(RunStopped):
+    """Too many optimizer steps in a row skipped for a non-finite loss or gradient."""
 
 
 class EDMModule(L.LightningModule):
@@ -86,7 +84,9 @@ class EDMModule(L.LightningModule):
             sigma_min=n.sigma_min, sigma_max=n.sigma_max, num_bins=n.num_bins, ema_decay=n.profile_decay,
             **self._profile_sampling_kwargs()))
         self.sigma_bins = SigmaBins()
-        self._generator_states = None
+        self._random_states = None  # per rank, from a checkpoint being resumed
+        self.nonfinite_steps = 0    # skipped for a non-finite loss or gradient, over the whole run
+        self._nonfinite_streak = []  # σ of the offending samples of each batch since the last good step
         # Manual optimisation: one optimizer step per batch needs none of Lightning's closure
         # machinery, which cost about 10% of a toy step's time (benchmarks/train_overhead.py).
         self.automatic_optimization = False
@@ -103,17 +103,24 @@ class EDMModule(L.LightningModule):
         self.profile.to(self.device)
         self.dataset.to(self.device)
 
-    def on_fit_start(self):
+    def on_train_start(self):
+        # Here rather than in on_fit_start: some strategies restore a checkpoint after that hook.
         self._place()
-        rank = self.global_rank
-        self.data_generator = _generator(self.device, self.config.seed, rank, 0)
-        self.sigma_generator = _generator(self.device, self.config.seed, rank, 1)
-        if self._generator_states is not None:  # resumed: continue the same random streams
-            self.data_generator.set_state(self._generator_states['data'])
-            self.sigma_generator.set_state(self._generator_states['sigma'])
+        rank, states = self.global_rank, self._random_states
+        self.data_generator = rng.generator(self.device, self.config.seed, rank, 0)
+        self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1)
+        if states is not None and len(states) == self.trainer.world_size:  # continue every rank's streams
+            self.data_generator.set_state(states[rank]['data'])
+            self.sigma_generator.set_state(states[rank]['sigma'])
+            rng.set_global_state(states[rank])
+        elif states is not None:  # another number of ranks: fresh streams that do not replay the first steps
+            self.data_generator = rng.generator(self.device, self.config.seed, rank, 0, self.global_step)
+            self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1, self.global_step)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+        # Its own generator: creating the iterator would otherwise draw from the global torch stream,
+        # which a resumed run restores and must not see consumed at a different moment.
+        return torch.utils.data.DataLoader(_Steps(), batch_size=None, generator=torch.Generator())
 
     def configure_optimizers(self):
         o = self.config.optim
@@ -141,19 +148,29 @@ class EDMModule(L.LightningModule):
             sigma = self.profile.sample(n, generator=self.sigma_generator)
         else:
             sigma = self.noise.sample(n, generator=self.sigma_generator, device=self.device)
-        loss, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator)
-        self.profile.update(sigma, sq_err.detach())
+        per_sample, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator)
         if entropic and self.config.noise.weighting == 'importance':
-            loss = loss * (self.noise.log_density(sigma) - self.profile.log_density(sigma)).exp()
-        self.sigma_bins.update(sigma, loss)
-        loss = loss.mean()
+            per_sample = per_sample * (self.noise.log_density(sigma) - self.profile.log_density(sigma)).exp()
+        loss = per_sample.mean()
         log = self._is_log_step()
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.denoiser.parameters() if p.grad is not None])
+        # One host synchronisation per step. Under DDP the gradients are already averaged over ranks,
+        # so a fault on any rank is seen by every rank and all skip the same step.
+        if not torch.isfinite(loss.detach() + grad_norm):
+            self._count_nonfinite(sigma, per_sample.detach())
+            if self.trainer.precision != '16-mixed':
+                optimizer.zero_grad(set_to_none=True)
+                return  # weights, optimizer, EMA and profile stay as they were
+            # 16-mixed: overflow is the GradScaler's to handle: it skips the update and lowers its scale.
+        else:
+            self._nonfinite_streak = []
+        self.profile.update(sigma, sq_err.detach())
+        self.sigma_bins.update(sigma, per_sample)
         if log:
-            grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
-            self.log('train/grad_norm', torch.nn.utils.get_total_norm(grads))  # before clipping
+            self.log('train/grad_norm', grad_norm)  # before clipping
         if self.config.optim.grad_clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm='norm')
         lr = optimizer.param_groups[0]['lr']  # the rate this step uses
@@ -166,20 +183,37 @@ class EDMModule(L.LightningModule):
         if log:
             self.log('train/loss', loss, prog_bar=True)
             self.log('train/lr', lr)
+            self.log('train/nonfinite_steps', float(self.nonfinite_steps))  # skipped so far, whole run
             quantiles = torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
             for q, value in zip((10, 50, 90), quantiles):
                 self.log(f'sigma/q{q}', value)
 
+    def _count_nonfinite(self, sigma, per_sample):
+        """Count and log a step with a non-finite loss or gradient; stop the run (NonFiniteError) at
+        `trainer.max_nonfinite` such steps in a row, naming the σ of the offending samples."""
+        self.nonfinite_steps += 1
+        bad = ~per_sample.isfinite()
+        self._nonfinite_streak.append(sigma[bad] if bad.any() else sigma)  # the whole batch if only gradients were hit
+        limit = self.config.trainer.max_nonfinite
+        if len(self._nonfinite_streak) >= limit:
+            sigma = torch.cat(self._nonfinite_streak)
+            raise NonFiniteError(
+                f'step {self.global_step}: non-finite loss or gradient in {limit} batches in a row '
+                f'(trainer.max_nonfinite), σ of the offending samples in [{sigma.min():.3g}, {sigma.max():.3g}]')
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step
-        if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero:
+        if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero and not self._nonfinite_streak:
             self._log_figures(step)
 
     def on_train_end(self):
         if self.trainer.is_global_zero:
             if self.global_step % self.config.trainer.plot_every:  # else the last step drew them
                 self._log_figures(self.global_step)
+            if self.config.run_dir is None:  # a Trainer of the user's own, outside train.py
+                return
             run_dir = Path(self.config.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
             plots.save(plots.profile_figure(self.profile), run_dir / 'profile.png')
             (run_dir / 'profile.json').write_text(json.dumps(profile_summary(self.profile), indent=1))
 
@@ -190,7 +224,7 @@ class EDMModule(L.LightningModule):
         tb = self.logger.experiment
         s = self.config.sample
         x = self.sample(s.num, seed=0)
-        reference = self.dataset.sample(s.num, generator=_generator(self.device, self.config.seed, 2**16))
+        reference = self.dataset.sample(s.num, generator=rng.generator(self.device, self.config.seed, 2**16))
         for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
             tb.add_scalar(f'eval/{name}', value, step)
         tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
@@ -206,14 +240,27 @@ class EDMModule(L.LightningModule):
             'format': FORMAT_VERSION,
             'config': config_to_dict(self.config),
             'ema': self.ema.state_dict(),
-            'generators': {'data': self.data_generator.get_state(), 'sigma': self.sigma_generator.get_state()},
+            'random': self._gather_random_states(),
             'profile': self.profile.state_dict(),
+            'nonfinite_steps': self.nonfinite_steps,
         }
 
+    def _gather_random_states(self):
+        """Every rank's random states (its data and σ generators, and the global ones), rank 0 first.
+        Every rank saves (Lightning dumps the checkpoint everywhere, rank 0 writes it): a collective."""
+        local = {'data': self.data_generator.get_state(), 'sigma': self.sigma_generator.get_state(), **rng.global_state()}
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return [local]
+        states = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(states, local)
+        return states
+
     def on_load_checkpoint(self, checkpoint):
-        self.ema.load_state_dict(checkpoint['cedm']['ema'])
-        self.profile.load_state_dict(checkpoint['cedm']['profile'])
-        self._generator_states = checkpoint['cedm']['generators']
+        meta = checkpoint['cedm']
+        self.ema.load_state_dict(meta['ema'])
+        self.profile.load_state_dict(meta['profile'])
+        self._random_states = meta['random']
+        self.nonfinite_steps = meta['nonfinite_steps']
 
     # ------------------------------------------------------------------ sampling
     def sampling_denoiser(self, use_ema=True):

@@ -1,0 +1,43 @@
+"""Clean shutdown: on SIGTERM, SIGINT or SIGUSR1, finish the step, write last.ckpt, stop."""
+
+import signal
+import threading
+
+import lightning as L
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class GracefulShutdown(L.Callback):
+    """Stops training at the end of the current step when the process gets SIGTERM (`kill`, schedulers,
+    SLURM pre-emption), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's `--signal=USR1@SECONDS` warning before the
+    time limit), after writing `checkpoint_path` (rank 0 writes, atomically); `stopped_at` then holds the
+    step and `received` the signal. A second SIGINT interrupts at once; the last checkpoint stays whole (atomic writes).
+    Under DDP a signal to any rank stops every rank at the same step."""
+
+    def __init__(self, checkpoint_path):
+        self.checkpoint_path = checkpoint_path
+        self.received = None
+        self.stopped_at = None
+
+    def on_train_start(self, trainer, pl_module):
+        # Installed here, after Lightning's own SIGTERM handler (set when fitting starts), which would
+        # end the run without a checkpoint. Lightning puts the original handlers back at teardown.
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for signum in SIGNALS:
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.received = signal.Signals(signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stop = self.received is not None
+        if trainer.world_size > 1:  # a collective on every rank, every step: ranks stop together
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and not trainer.should_stop:
+            self.received = self.received or signal.SIGTERM  # a rank that learnt of it from another
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+            trainer.should_stop = True
+            self.stopped_at = trainer.global_step
