@@ -2,9 +2,9 @@
 
     python plot_profile.py --ckpt RUN/checkpoints/last.ckpt [--steps 18] [--out FILE.png] [--estimate-profile]
 
-Draws the entropy rate (nats per log σ) with the training σ density, H(σ) − H(σ_min), and the
-entropic and rescaled times with the karras (ρ=7), log-linear, entropic and rescaled-entropic
-schedules as ticks. Also prints the logistic log-SNR distribution fitted to the profile as config
+Draws the entropy rate (nats per log σ) beside the Gaussian rate lmmse/σ² and the structure rate,
+with the training σ density, H(σ) − H(σ_min), and the entropic and rescaled times with the karras
+(ρ=7), log-linear, entropic, rescaled-entropic and structure schedules as ticks. Also prints the logistic log-SNR distribution fitted to the profile as config
 overrides, so a measured profile can be exported as a fixed training schedule.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from training import plots
 from training.cli import Parser, UsageError, load_for_sampling, main_guard
+from training.entropy import PROFILE_SCHEDULES
 
 
 @main_guard
@@ -28,7 +29,7 @@ def main(argv=None):
     if args.steps < 1:
         raise UsageError(f'--steps: must be >= 1 (got {args.steps})')
     model = load_for_sampling(args)
-    schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', 'entropic', 'rescaled-entropic')}
+    schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', *PROFILE_SCHEDULES)}
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'profile_schedules.png'
     plots.save(plots.profile_figure(model.profile, schedules), out)
     loc, scale = model.profile.fit_logistic()

@@ -6,6 +6,7 @@ import sys
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .entropy import PROFILE_SCHEDULES
 
 
 class UsageError(ValueError):
@@ -51,8 +52,8 @@ def add_sampler_args(parser):
     parser.add_argument('--num', type=int, help="number of samples (sample.py: the config's sample.num; metrics.py: 5000)")
     parser.add_argument('--steps', type=int, help='sampler steps (heun: 2*steps-1 denoiser calls)')
     parser.add_argument('--solver', choices=sorted(sampling.SOLVERS), help='ODE/SDE solver')
-    parser.add_argument('--schedule', choices=sorted(sampling.SCHEDULES) + ['entropic', 'rescaled-entropic'],
-                        help="σ discretisation; 'entropic' and 'rescaled-entropic' use the checkpoint's profile")
+    parser.add_argument('--schedule', choices=sorted(sampling.SCHEDULES) + list(PROFILE_SCHEDULES),
+                        help=f"σ discretisation; {', '.join(PROFILE_SCHEDULES)} use the checkpoint's profile")
     parser.add_argument('--estimate-profile', action='store_true',
                         help='re-estimate the entropy profile offline with the model itself on fresh data')
     parser.add_argument('--sigma-min', type=float)

@@ -83,6 +83,11 @@ class NoiseConfig:
     `entropic`: `warmup_steps` on the `base` distribution, then σ drawn uniformly in entropic time
     from the online profile of the training errors (refreshed every `refresh_every` steps), mixed
     with a log-uniform `floor` and optionally gated at low σ by σⁿ/(σⁿ + cⁿ) (`gate_c`, `gate_n`).
+    `density` picks what the profile's density is proportional to per log σ: the entropy rate
+    mmse/σ² (`entropic`), mmse/σ (`rescaled`), or the structure rate max(lmmse − mmse, 0)/σ²
+    (`structure`, lmmse from the data's covariance spectrum); `structure` draws from the profile only
+    with probability α, rising smoothly from 0 to 1 as the measured negentropy reaches
+    `structure_nats` nats per dimension, and from `base` otherwise.
     `weighting: keep` keeps λ(σ), so the effective weighting follows the entropy rate (InfoNoise);
     `importance` multiplies the loss by p_base(σ)/p_entropic(σ), keeping the base objective and
     changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
@@ -103,11 +108,15 @@ class NoiseConfig:
     floor: float = 0.05
     gate_c: Optional[float] = None
     gate_n: float = 3.0
-    density: Literal['entropic', 'rescaled'] = 'entropic'
+    density: Literal['entropic', 'rescaled', 'structure'] = 'entropic'
+    structure_nats: float = 0.1
+    spectrum_samples: int = 65536  # data points behind the covariance spectrum, drawn once at set-up
     weighting: Literal['keep', 'importance'] = 'keep'
 
     def validate(self):
-        _positive(self, 'noise', 'P_std', 'sigma_min', 'sigma_max', 'scale', 'refresh_every', 'gate_n')
+        _positive(self, 'noise', 'P_std', 'sigma_min', 'sigma_max', 'scale', 'refresh_every', 'gate_n', 'structure_nats')
+        if self.spectrum_samples < 2:
+            raise ConfigError(f"noise.spectrum_samples: must be >= 2 (got {self.spectrum_samples})")
         if self.sigma_min >= self.sigma_max:
             raise ConfigError(f"noise.sigma_min: must be < noise.sigma_max (got {self.sigma_min} >= {self.sigma_max})")
         if self.warmup_steps < 0:
@@ -162,8 +171,9 @@ class SampleConfig:
     num: int = 2000
     steps: int = 18
     solver: Literal['heun', 'euler', 'ddim', 'euler_ancestral', 'dpmpp_2m'] = 'heun'
-    # entropic, rescaled-entropic: uniform in (rescaled) entropic time of the checkpoint's profile
-    schedule: Literal['karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic'] = 'karras'
+    # entropic, rescaled-entropic: uniform in (rescaled) entropic time of the checkpoint's profile;
+    # structure: uniform in the structure it measures (its structure rate integrated over log σ)
+    schedule: Literal['karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure'] = 'karras'
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0

@@ -8,7 +8,10 @@ anyway (online), or those of a given denoiser (`from_denoiser`, offline) — and
 - training noise levels drawn with density ∝ rate × gate per log σ, mixed with a log-uniform floor
   (InfoNoise, arXiv 2602.18647);
 - sampler discretisations uniform in entropic or rescaled entropic time (arXiv 2504.13612);
-- a logistic distribution over log-SNR (Kong et al. 2023).
+- a logistic distribution over log-SNR (Kong et al. 2023);
+- given the data's covariance spectrum, the structure rate s(σ) = (lmmse − mmse)/σ² ≥ 0 per log σ: the
+  rate at which noise destroys the data's non-Gaussian structure (lmmse: the Wiener filter's error,
+  `training.spectrum`), whose integral over log σ is the data's negentropy.
 A trained network's error is at least the mmse, so its profile is biased up, most early in training.
 """
 
@@ -17,9 +20,15 @@ import math
 import torch
 import torch.distributed as dist
 
-DENSITIES = ('entropic', 'rescaled')
+from .spectrum import covariance_spectrum, lmmse as linear_mmse
+
+DENSITIES = ('entropic', 'rescaled', 'structure')
+# The sampling schedules read off a profile (sample.py --schedule), and the density of each.
+PROFILE_SCHEDULES = {'entropic': 'entropic', 'rescaled-entropic': 'rescaled', 'structure': 'structure'}
 # Log-uniform share mixed into the times behind `sigmas`: keeps σ strictly monotone where the rate vanishes.
 TIME_FLOOR = 1e-6
+# Estimated negentropy per dimension (nats) from which `structure_fraction` is 1.
+STRUCTURE_NATS = 0.1
 # Bin widths by which σ may leave the grid and still count (σ rounded to float32 at the ends).
 ON_GRID_SLACK = 1e-4
 
@@ -40,10 +49,16 @@ class EntropyProfile(torch.nn.Module):
     The density that `sample` draws from, per log σ, is piecewise constant per bin:
         p(log σ) = (1 − floor) · w(σ) / ∫w + floor / log(sigma_max / sigma_min),
         w(σ) = rate(σ) · g(σ),  rate = mmse/σ² ('entropic': uniform in entropic time)
-                                  or mmse/σ ('rescaled': uniform in rescaled entropic time),
+                                  or mmse/σ ('rescaled': uniform in rescaled entropic time)
+                                  or max(lmmse − mmse, 0)/σ² ('structure': see `structure_rate`),
     with the optional gate g(σ) = σⁿ/(σⁿ + cⁿ) (gate_c = c, gate_n = n; InfoNoise) that damps the
     low-σ tail where every continuous distribution has rate ≈ d nats per e-fold. The floor keeps every
-    σ range visited, so the profile keeps being measured everywhere.
+    σ range visited, so the profile keeps being measured everywhere. Without usable weight (uninitialised,
+    all zero, or 'structure' without a spectrum or with the model no better than the Wiener filter) the
+    density is log-uniform; `structure_fraction` says how far to trust the structure density.
+
+    `spectrum` (optional, or `set_spectrum` later): the eigenvalues [d] of the data covariance, in data
+    units squared, from `training.spectrum.covariance_spectrum`; they give lmmse and the structure rate.
 
     Estimation, per bin: `update` adds errors to pending float64 sums; `refresh` folds them into a
     running mean Σ_r decay^a(r) S_r / Σ_r decay^a(r) C_r over the refreshes r that brought the bin
@@ -55,12 +70,14 @@ class EntropyProfile(torch.nn.Module):
     is uninitialised (mmse NaN) and sampling falls back to log-uniform.
 
     A `torch.nn.Module` with buffers and no parameters: `.to(device)` moves it and its `state_dict`
-    (float64 sums, counters, and the configuration as extra state) restores it exactly. Keep it out of
-    whole-module dtype casts (`.half()`, `.to(torch.bfloat16)`), which would round the float64 sums.
+    (float64 sums, counters, and the configuration and spectrum as extra state) restores it exactly.
+    Keep it out of whole-module dtype casts (`.half()`, `.to(torch.bfloat16)`), which would round the
+    float64 sums.
     """
 
     def __init__(self, sigma_min=0.002, sigma_max=80.0, num_bins=64, ema_decay=0.9, min_count=16, floor=0.05,
-                 gate_c=None, gate_n=3.0, density='entropic', dim=None, device=None):
+                 gate_c=None, gate_n=3.0, density='entropic', dim=None, spectrum=None, structure_nats=STRUCTURE_NATS,
+                 device=None):
         super().__init__()
         if not (isinstance(num_bins, int) and num_bins >= 2):
             raise ValueError(f'num_bins: expected an integer >= 2, got {num_bins!r}')
@@ -71,11 +88,16 @@ class EntropyProfile(torch.nn.Module):
         # Derived from the above and the configuration; rebuilt by `refresh` and on loading a state.
         for name, size in (('mmse_estimate', num_bins), ('cdf_knots', num_bins + 1), ('log_edges', num_bins + 1)):
             self.register_buffer(name, torch.zeros(size, dtype=torch.float64, device=device), persistent=False)
+        # Its length is the data's, unknown to a profile built to load a state: saved as extra state; a
+        # non-persistent buffer only so that `.to(device)` moves it.
+        self.register_buffer('spectrum', None, persistent=False)
         self._configure(sigma_min=sigma_min, sigma_max=sigma_max, num_bins=num_bins, ema_decay=ema_decay,
-                        min_count=min_count, floor=floor, gate_c=gate_c, gate_n=gate_n, density=density, dim=dim)
-        self._rebuild()
+                        min_count=min_count, floor=floor, gate_c=gate_c, gate_n=gate_n, density=density, dim=dim,
+                        structure_nats=structure_nats)
+        self.set_spectrum(spectrum)
 
-    def _configure(self, sigma_min, sigma_max, num_bins, ema_decay, min_count, floor, gate_c, gate_n, density, dim):
+    def _configure(self, sigma_min, sigma_max, num_bins, ema_decay, min_count, floor, gate_c, gate_n, density, dim,
+                   structure_nats):
         if not 0 < sigma_min < sigma_max < math.inf:
             raise ValueError(f'sigma_min, sigma_max: expected 0 < sigma_min < sigma_max < inf, '
                              f'got {sigma_min}, {sigma_max}')
@@ -95,9 +117,12 @@ class EntropyProfile(torch.nn.Module):
             raise ValueError(f'density: expected one of {DENSITIES}, got {density!r}')
         if dim is not None and not (isinstance(dim, int) and dim >= 1):
             raise ValueError(f'dim: expected None or a positive integer, got {dim!r}')
+        if not 0 < structure_nats < math.inf:
+            raise ValueError(f'structure_nats: expected a positive number of nats, got {structure_nats}')
         self.sigma_min, self.sigma_max, self.num_bins = float(sigma_min), float(sigma_max), num_bins
         self.ema_decay, self.min_count, self.floor = float(ema_decay), min_count, float(floor)
         self.gate_c, self.gate_n, self.density, self.dim = gate_c, float(gate_n), density, dim
+        self.structure_nats = float(structure_nats)
         self.log_sigma_min, self.log_sigma_max = math.log(sigma_min), math.log(sigma_max)
         self.bin_width = (self.log_sigma_max - self.log_sigma_min) / num_bins  # in log σ
         self.log_edges.copy_(torch.linspace(self.log_sigma_min, self.log_sigma_max, num_bins + 1, dtype=torch.float64))
@@ -105,11 +130,30 @@ class EntropyProfile(torch.nn.Module):
     def get_extra_state(self):
         return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max, num_bins=self.num_bins,
                     ema_decay=self.ema_decay, min_count=self.min_count, floor=self.floor, gate_c=self.gate_c,
-                    gate_n=self.gate_n, density=self.density, dim=self.dim)
+                    gate_n=self.gate_n, density=self.density, dim=self.dim, structure_nats=self.structure_nats,
+                    spectrum=None if self.spectrum is None else self.spectrum.tolist())
 
     def set_extra_state(self, state):
         # Runs after the buffers are loaded, so the derived ones are rebuilt from the loaded sums.
+        # States saved before the structure rate existed have neither spectrum nor structure_nats.
+        state = {'structure_nats': STRUCTURE_NATS, **state}
+        spectrum = state.pop('spectrum', None)
         self._configure(**state)
+        self.set_spectrum(spectrum)
+
+    def set_spectrum(self, eigenvalues):
+        """Set the eigenvalues [d] of the data covariance (data units squared; None: none), which give
+        `lmmse` and the structure rate, and rebuild the sampling CDF. Every rank must set the same ones
+        (same data or seed) for all ranks to sample from one distribution."""
+        if eigenvalues is not None:
+            eigenvalues = torch.as_tensor(eigenvalues, dtype=torch.float64, device=self.ema_sum.device)
+            if eigenvalues.ndim != 1 or len(eigenvalues) == 0 or not eigenvalues.isfinite().all():
+                raise ValueError(f'spectrum: expected a non-empty 1-D tensor of finite eigenvalues, '
+                                 f'got shape {tuple(eigenvalues.shape)}')
+            if self.dim is not None and len(eigenvalues) != self.dim:
+                raise ValueError(f'spectrum: {len(eigenvalues)} eigenvalues for data of dim {self.dim}')
+            eigenvalues = eigenvalues.clamp_min(0)  # rounding in the eigensolver
+        self.spectrum = eigenvalues
         self._rebuild()
 
     @property
@@ -242,8 +286,55 @@ class EntropyProfile(torch.nn.Module):
         log_snr = -2 * log_sigma  # λ's 75%, 50% and 25% quantiles: σ and λ run opposite ways
         return log_snr[1].item(), ((log_snr[0] - log_snr[2]) / (2 * math.log(3))).item()
 
+    def lmmse(self):
+        """(σ at the bin centres, lmmse) [num_bins] each, float64: the Wiener filter's error for the data's
+        covariance (`training.spectrum`), in data units squared summed over dimensions; NaN without a spectrum."""
+        sigma = self.sigma_grid
+        if self.spectrum is None:
+            return sigma, torch.full_like(sigma, math.nan)
+        return sigma, linear_mmse(sigma, self.spectrum)
+
+    def structure_rate(self):
+        """(σ, s = (lmmse − mmse)/σ²) in nats per log σ: s(σ) = −dD(p_σ ‖ g_σ)/dlog σ, the rate at which
+        noise destroys the data's non-Gaussian structure (p_σ: the noised data; g_σ: the Gaussian with its
+        mean and covariance, noised alike). Zero for Gaussian data; ≥ 0 for the exact mmse, but the estimate
+        is not clamped: it dips below zero by noise, or where the model is worse than the Wiener filter.
+        NaN without a spectrum or while uninitialised."""
+        sigma, lmmse = self.lmmse()
+        return sigma, (lmmse - self.mmse_estimate) / sigma ** 2
+
+    def negentropy(self):
+        """(σ, D(p_σ ‖ g_σ)) in nats at the bin centres: the structure rate integrated from σ up to
+        sigma_max, held constant in each bin (as in `entropy`) — the structure noise σ has not yet
+        destroyed. Summed over the whole grid it is the data's negentropy D(p ‖ g), if the grid spans
+        the scales of the data's structure."""
+        sigma, rate = self.structure_rate()
+        per_bin = rate * self.bin_width
+        return sigma, per_bin.flip(0).cumsum(0).flip(0) - 0.5 * per_bin
+
+    def structure_fraction(self):
+        """α ∈ [0, 1]: how much non-Gaussian structure the profile measures, as a 0-d float64 tensor on
+        its device (no host sync), to draw σ from the profile with probability α and from a base
+        distribution otherwise.
+
+        With N the estimated negentropy (the structure rate integrated over the grid, nats) and
+        t = N/(structure_nats · d) clamped to [0, 1], α = 3t² − 2t³: 0 without a spectrum, while
+        uninitialised, and while N ≤ 0 (the model no better than the Wiener filter); flat at 0, so noise
+        in a near-zero N hardly moves it; 1 from `structure_nats` nats per dimension on. Per dimension
+        (d = len(spectrum)) because both the negentropy and the noise of its estimate grow with d.
+        A trained model's error is at least the mmse, so N is biased low: α rises as the model learns.
+        """
+        if self.spectrum is None:
+            return self.mmse_estimate.new_zeros(())
+        negentropy = (self.structure_rate()[1] * self.bin_width).sum()
+        t = (negentropy / (self.structure_nats * len(self.spectrum))).nan_to_num(0.0).clamp(0, 1)
+        return t * t * (3 - 2 * t)
+
     def _weight(self, kind):
-        """Unnormalised density per log σ at the bin centres: mmse/σ² (entropic) or mmse/σ (rescaled)."""
+        """Unnormalised density per log σ at the bin centres: mmse/σ² (entropic), mmse/σ (rescaled) or
+        max(lmmse − mmse, 0)/σ² (structure; NaN without a spectrum)."""
+        if kind == 'structure':
+            return self.structure_rate()[1].clamp_min(0)
         sigma = self.sigma_grid
         return self.mmse_estimate / (sigma ** 2 if kind == 'entropic' else sigma)
 
@@ -290,12 +381,14 @@ class EntropyProfile(torch.nn.Module):
         return value.to(sigma.device, sigma.dtype)
 
     def sigmas(self, num_steps, kind='rescaled', sigma_min=None, sigma_max=None):
-        """A sampler discretisation uniform in entropic or rescaled entropic time (arXiv 2504.13612).
+        """A sampler discretisation uniform in entropic or rescaled entropic time (arXiv 2504.13612), or
+        in destroyed structure.
 
         The time τ(σ) is the normalised integral of the piecewise-constant density per log σ ∝ mmse/σ²
-        ('entropic') or mmse/σ ('rescaled') over the grid, no gate, with a TIME_FLOOR log-uniform share
-        so that it rises strictly even where the rate vanishes; linear in log σ beyond the grid. τ_j is
-        uniform between τ(sigma_max) and τ(sigma_min) (default: the grid's ends) and mapped back to σ.
+        ('entropic'), mmse/σ ('rescaled') or max(lmmse − mmse, 0)/σ² ('structure') over the grid, no gate,
+        with a TIME_FLOOR log-uniform share so that it rises strictly even where the rate vanishes; linear
+        in log σ beyond the grid. τ_j is uniform between τ(sigma_max) and τ(sigma_min) (default: the
+        grid's ends) and mapped back to σ.
         Returns float64 [num_steps + 1] on the profile's device: strictly decreasing from sigma_max to
         sigma_min, then 0. A profile without usable rate gives the log-linear discretisation.
         """
@@ -321,18 +414,23 @@ class EntropyProfile(torch.nn.Module):
 
     @classmethod
     def from_denoiser(cls, denoiser, sample_data, sigma_min=0.002, sigma_max=80.0, num_points=128,
-                      samples_per_point=1024, generator=None, batch_size=8192, **kwargs):
+                      samples_per_point=1024, generator=None, batch_size=8192, spectrum=None, **kwargs):
         """The profile of `denoiser` (x, σ [n]) -> x0_hat measured at `num_points` σ, log-spaced over
         [sigma_min, sigma_max] as the centres of as many bins, `samples_per_point` noisy samples each
         (as in arXiv 2504.13612). `sample_data`: a callable n -> x0 [n, ...], or a tensor of data points
         drawn from with replacement. `generator` draws the noise (and the points of a tensor) on the
-        data's device. `kwargs` go to the constructor (min_count at most samples_per_point)."""
+        data's device. `spectrum`: the data covariance's eigenvalues, or True to estimate them from
+        `sample_data` (as many points as the profile draws, or all of a tensor). `kwargs` go to the
+        constructor (min_count at most samples_per_point)."""
         profile = cls(sigma_min, sigma_max, num_bins=num_points, **kwargs)
         if profile.min_count > samples_per_point:
             raise ValueError(f'min_count: {profile.min_count} exceeds samples_per_point ({samples_per_point}), '
                              'starving every bin')
         total = num_points * samples_per_point
         with torch.no_grad():
+            if spectrum is True:
+                spectrum = covariance_spectrum(sample_data, total if callable(sample_data) else None, batch_size)
+            profile.set_spectrum(spectrum)
             for start in range(0, total, batch_size):
                 n = min(batch_size, total - start)
                 if callable(sample_data):

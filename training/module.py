@@ -21,10 +21,11 @@ from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkp
 from .cli import RunStopped
 from .config import config_to_dict
 from .data import build_dataset
-from .entropy import EntropyProfile
+from .entropy import PROFILE_SCHEDULES, EntropyProfile
 from .loss import edm_loss
 from .metrics import sample_metrics
 from .noise import build_noise
+from .spectrum import covariance_spectrum
 
 
 class _Steps(torch.utils.data.IterableDataset):
@@ -83,6 +84,11 @@ class EDMModule(L.LightningModule):
         object.__setattr__(self, 'profile', EntropyProfile(
             sigma_min=n.sigma_min, sigma_max=n.sigma_max, num_bins=n.num_bins, ema_decay=n.profile_decay,
             **self._profile_sampling_kwargs()))
+        # The data's covariance spectrum gives the profile its Gaussian (Wiener filter) error and so the
+        # structure rate; drawn once, from its own stream, identical on every rank.
+        spectrum_generator = rng.generator('cpu', config.seed, 2**16, 1)
+        self.profile.set_spectrum(covariance_spectrum(
+            lambda k: self.dataset.sample(k, generator=spectrum_generator), n.spectrum_samples))
         self.sigma_bins = SigmaBins()
         self._random_states = None  # per rank, from a checkpoint being resumed
         self.nonfinite_steps = 0    # skipped for a non-finite loss or gradient, over the whole run
@@ -95,7 +101,8 @@ class EDMModule(L.LightningModule):
     def _profile_sampling_kwargs(self):
         """How the config's `noise` section shapes the profile's σ density (online and offline alike)."""
         n = self.config.noise
-        return dict(floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim)
+        return dict(floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim,
+                    structure_nats=n.structure_nats)
 
     def _place(self):
         """Move the pieces that live outside the module tree to the module's device."""
@@ -140,17 +147,39 @@ class EDMModule(L.LightningModule):
         n = self.config.noise
         return n.name == 'entropic' and self.global_step >= n.warmup_steps and self.profile.num_refreshes > 0
 
+    def draw_sigma(self, n):
+        """σ [n] for a training batch: from the base distribution, or from the profile after the warm-up.
+        The structure density draws from the profile only with probability α = profile.structure_fraction()
+        and from the base otherwise, so it starts as the base while the model is still about the
+        Wiener filter and the structure measured is about zero."""
+        generator, device = self.sigma_generator, self.device
+        if not self._entropic():
+            return self.noise.sample(n, generator=generator, device=device)
+        sigma = self.profile.sample(n, generator=generator)
+        if self.config.noise.density == 'structure':
+            base = self.noise.sample(n, generator=generator, device=device)
+            use_profile = torch.rand(n, generator=generator, device=device) < self.profile.structure_fraction()
+            sigma = torch.where(use_profile, sigma, base)
+        return sigma
+
+    def sigma_log_density(self, sigma):
+        """log density per log σ of what `draw_sigma` draws now."""
+        base = self.noise.log_density(sigma)
+        if not self._entropic():
+            return base
+        profile = self.profile.log_density(sigma)
+        if self.config.noise.density != 'structure':
+            return profile
+        alpha = self.profile.structure_fraction().to(sigma.device, sigma.dtype)
+        return torch.logaddexp(alpha.log() + profile, (1 - alpha).log() + base)
+
     def training_step(self, batch, batch_idx):
         n = self.config.trainer.batch_size
         x0 = self.dataset.sample(n, generator=self.data_generator)
-        entropic = self._entropic()
-        if entropic:
-            sigma = self.profile.sample(n, generator=self.sigma_generator)
-        else:
-            sigma = self.noise.sample(n, generator=self.sigma_generator, device=self.device)
+        sigma = self.draw_sigma(n)
         per_sample, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator)
-        if entropic and self.config.noise.weighting == 'importance':
-            per_sample = per_sample * (self.noise.log_density(sigma) - self.profile.log_density(sigma)).exp()
+        if self._entropic() and self.config.noise.weighting == 'importance':
+            per_sample = per_sample * (self.noise.log_density(sigma) - self.sigma_log_density(sigma)).exp()
         loss = per_sample.mean()
         log = self._is_log_step()
         optimizer = self.optimizers()
@@ -187,6 +216,8 @@ class EDMModule(L.LightningModule):
             quantiles = torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
             for q, value in zip((10, 50, 90), quantiles):
                 self.log(f'sigma/q{q}', value)
+            if self.config.noise.density == 'structure':
+                self.log('noise/structure_fraction', self.profile.structure_fraction().float())
 
     def _count_nonfinite(self, sigma, per_sample):
         """Count and log a step with a non-finite loss or gradient; stop the run (NonFiniteError) at
@@ -271,9 +302,8 @@ class EDMModule(L.LightningModule):
         s = self.config.sample
         kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
         schedule = schedule or s.schedule
-        if schedule in ('entropic', 'rescaled-entropic'):
-            kind = 'entropic' if schedule == 'entropic' else 'rescaled'
-            return self.profile.sigmas(steps or s.steps, kind=kind, **kwargs)
+        if schedule in PROFILE_SCHEDULES:
+            return self.profile.sigmas(steps or s.steps, kind=PROFILE_SCHEDULES[schedule], **kwargs)
         if schedule == 'karras':
             kwargs['rho'] = rho or s.rho
         elif schedule == 'vp':
@@ -290,7 +320,7 @@ class EDMModule(L.LightningModule):
         profile = EntropyProfile.from_denoiser(
             self.sampling_denoiser(use_ema), lambda k: self.dataset.sample(k, generator=generator),
             n.sigma_min, n.sigma_max, num_points=num_points, samples_per_point=samples_per_point,
-            generator=generator, **self._profile_sampling_kwargs())
+            generator=generator, spectrum=self.profile.spectrum, **self._profile_sampling_kwargs())
         object.__setattr__(self, 'profile', profile)
         return profile
 
@@ -312,10 +342,14 @@ class EDMModule(L.LightningModule):
 
 
 def profile_summary(profile):
-    """The profile as plain lists (for profile.json): σ grid, mmse, rate, entropy, rescaled time."""
+    """The profile as plain lists (for profile.json): σ grid, mmse and lmmse, the entropy and structure
+    rates, entropy, remaining negentropy and rescaled time."""
     sigma, mmse = profile.mmse()
-    return {'sigma': sigma.tolist(), 'mmse': mmse.tolist(), 'entropy_rate_nats_per_log_sigma': profile.rate()[1].tolist(),
-            'entropy_nats': profile.entropy()[1].tolist(), 'rescaled_time': profile.rescaled()[1].tolist()}
+    return {'sigma': sigma.tolist(), 'mmse': mmse.tolist(), 'lmmse': profile.lmmse()[1].tolist(),
+            'entropy_rate_nats_per_log_sigma': profile.rate()[1].tolist(),
+            'structure_rate_nats_per_log_sigma': profile.structure_rate()[1].tolist(),
+            'entropy_nats': profile.entropy()[1].tolist(), 'negentropy_above_sigma_nats': profile.negentropy()[1].tolist(),
+            'rescaled_time': profile.rescaled()[1].tolist()}
 
 
 def load_model(path, device=None):

@@ -74,9 +74,10 @@ def sigma_curves_figure(sigma, curves):
 
 
 def profile_figure(profile, schedules=None):
-    """An `EntropyProfile`: entropy rate and sampling density per log σ, H(σ) − H(σ_min), and the
-    entropic and rescaled times (CDFs). `schedules` {label: σ tensor} are drawn as ticks on the
-    CDF panel, at the height of their entropic time."""
+    """An `EntropyProfile`: entropy rate and sampling density per log σ (with a spectrum, also the rate
+    lmmse/σ² of a Gaussian with the data's covariance and the structure rate, their difference),
+    H(σ) − H(σ_min), and the entropic and rescaled times (CDFs). `schedules` {label: σ tensor} are
+    drawn as ticks on the CDF panel, at the height of their entropic time."""
     sigma = profile.mmse()[0].cpu().numpy()
     rate = profile.rate()[1].cpu().numpy()
     entropy = profile.entropy()[1].cpu().numpy()
@@ -84,7 +85,10 @@ def profile_figure(profile, schedules=None):
     entropic_time = entropy / entropy[-1] if entropy[-1] > 0 else np.linspace(0, 1, len(entropy))
     density = profile.log_density(profile.mmse()[0]).exp().cpu().numpy()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
-    a.plot(sigma, rate, label='dH/dlog σ (nats)')
+    a.plot(sigma, rate, label='dH/dlog σ = mmse/σ² (nats)')
+    if profile.spectrum is not None:
+        a.plot(sigma, (profile.lmmse()[1] / profile.sigma_grid ** 2).cpu().numpy(), label='Gaussian rate lmmse/σ²')
+        a.plot(sigma, profile.structure_rate()[1].cpu().numpy(), label='structure rate (lmmse − mmse)/σ²')
     a.plot(sigma, density * rate.max() / max(density.max(), 1e-12), '--', label='training σ density (scaled)')
     a.set(xscale='log', xlabel='σ', title='entropy rate per log σ')
     b.plot(sigma, entropy)
