@@ -9,7 +9,11 @@ samples with the 18-step Heun sampler; quality is the exact-NLL gap (mean −log
 minus the data's entropy, nats; 0 is perfect) for mixtures, and the sliced Wasserstein distance.
 Speed-up of a distribution = steps lognormal needs for its final quality ÷ steps the
 distribution needs for the same (mean over seeds, linear interpolation between evaluations;
-'not reached' when it never gets there). Each run's result is cached in DIR/runs/*.json, so an
+'not reached' when it never gets there), and the same paired by seed (each seed's run against
+lognormal's run with that seed). Variants: the fixed distributions, the entropic profile's
+densities (entropic, gated, rescaled, importance-weighted), the structure density estimated
+online ('structure') and from the exact denoiser of the data's mixture, fixed from step 0
+('structure-oracle'). Each run's result is cached in DIR/runs/*.json, so an
 interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise.
 """
 
@@ -31,6 +35,10 @@ VARIANTS = {
     'entropic-importance': ['noise.name=entropic', 'noise.weighting=importance'],
     'entropic-gated': ['noise.name=entropic', 'noise.gate_c=0.1'],
     'rescaled': ['noise.name=entropic', 'noise.density=rescaled'],
+    'structure': ['noise.name=entropic', 'noise.density=structure'],
+    # The structure density of the data's exact profile (its mixture's own denoiser), fixed from step 0.
+    'structure-oracle': ['noise.name=entropic', 'noise.density=structure', 'noise.warmup_steps=0',
+                         'noise.refresh_every=1000000000'],
 }
 
 
@@ -42,6 +50,7 @@ def run_one(dataset, variant, seed, steps, evals, out):
     torch.set_num_threads(1)
     import train
     from training.config import load_config
+    from training.entropy import EntropyProfile
     from training.metrics import mixture_nll, sliced_wasserstein
     from training.module import EDMModule
 
@@ -61,8 +70,9 @@ def run_one(dataset, variant, seed, steps, evals, out):
             mixture = module.dataset.mixture
             reference = mixture.sample(4000, generator=gen)
             entropy = -mixture.log_prob(mixture.sample(100000, generator=gen).double()).mean().item()
-            sigma = module.profile.sample(20000, generator=gen) if module._entropic() else \
-                module.noise.sample(20000, generator=gen)
+            module.sigma_generator, training_stream = gen, module.sigma_generator  # left untouched
+            sigma = module.draw_sigma(20000)
+            module.sigma_generator = training_stream
             self.result['step'].append(trainer.global_step)
             self.result['gap'].append(mixture_nll(mixture, x) - entropy)
             self.result['swd'].append(sliced_wasserstein(x, reference, generator=gen))
@@ -74,6 +84,12 @@ def run_one(dataset, variant, seed, steps, evals, out):
             f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={10 * steps}', 'trainer.log_every=500'])
         torch.manual_seed(seed)
         model = EDMModule(config)
+        if variant.endswith('-oracle'):
+            mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
+            model.profile.load_state_dict(EntropyProfile.from_denoiser(
+                mixture, lambda n: mixture.sample(n, generator=gen), config.noise.sigma_min, config.noise.sigma_max,
+                num_points=config.noise.num_bins, samples_per_point=4096, generator=gen, batch_size=1 << 16,
+                spectrum=model.profile.spectrum, **model._profile_sampling_kwargs()).state_dict())
         trainer = train.build_trainer(config, Path(tmp))
         evaluate = Evaluate()
         trainer.callbacks.append(evaluate)
@@ -98,8 +114,8 @@ def steps_to_reach(steps, quality, target):
 def summarise(results, datasets, variants, seeds_by_dataset, out):
     import numpy as np
 
-    lines = ['| dataset | σ distribution | gap at each eval step (mean ± std over seeds, nats) | final SWD | σ q10/q50/q90 (final) | speed-up vs lognormal |',
-             '| --- | --- | --- | --- | --- | --- |']
+    lines = ['| dataset | σ distribution | gap at each eval step (mean ± std over seeds, nats) | final SWD | σ q10/q50/q90 (final) | speed-up vs lognormal | paired, per seed |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
     curves = {}
     for d in datasets:
         seeds = seeds_by_dataset[d]
@@ -111,10 +127,12 @@ def summarise(results, datasets, variants, seeds_by_dataset, out):
             curves[d, v] = (steps, mean)
             reach = steps_to_reach(steps, list(mean), base[-1])
             speedup = 'not reached' if reach is None else f'{steps[-1] / reach:.2f}×'
+            paired = [steps_to_reach(steps, results[d, v, s]['gap'], results[d, 'lognormal', s]['gap'][-1]) for s in seeds]
+            paired = ', '.join('–' if r is None else f'{steps[-1] / r:.2f}' for r in paired)
             swd = np.mean([results[d, v, s]['swd'][-1] for s in seeds])
             q = np.mean([results[d, v, s]['sigma_q10_50_90'][-1] for s in seeds], axis=0)
             cells = ' / '.join(f'{m:.2f}±{sd:.2f}' for m, sd in zip(mean, gaps.std(0)))
-            lines.append(f'| {d} ({len(seeds)} seeds) | {v} | {cells} | {swd:.4f} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} |')
+            lines.append(f'| {d} ({len(seeds)} seeds) | {v} | {cells} | {swd:.4f} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} | {paired} |')
     header = f"evaluation steps: {steps}; seeds per dataset: {seeds_by_dataset}\n\n"
     (out / 'results.md').write_text(header + '\n'.join(lines) + '\n')
     print(header + '\n'.join(lines))
