@@ -1,10 +1,12 @@
 """Draw samples from a trained checkpoint.
 
-    python sample.py --ckpt RUN/checkpoints/last.ckpt [--num N] [--steps 18] [--solver heun]
-                     [--schedule karras] [--seed S] [--no-ema] [--out DIR] [--trajectories]
+    python sample.py --ckpt RUN/checkpoints/last.ckpt [--num N | --seeds 0-999 [--batch B]] [--steps 18]
+                     [--solver heun] [--schedule karras] [--seed S] [--no-ema] [--out DIR] [--trajectories]
 
-Writes DIR/samples.npz (array `x`, [N, 2]) and DIR/samples.png (the samples over ground-truth
-points); --trajectories adds DIR/trajectories.png. DIR defaults to RUN/samples.
+Writes DIR/samples.npz (array `x`, [N, 2], and with --seeds the array `seeds`) and DIR/samples.png
+(the samples over ground-truth points); --trajectories adds DIR/trajectories.png. DIR defaults to
+RUN/samples. With --seeds each sample comes from its own seed (EDM's seed ranges: reproducible one
+by one, whatever --batch).
 """
 
 from pathlib import Path
@@ -12,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import sampling
 from training import plots
-from training.cli import Parser, add_sampler_args, check_sampler_args, load_for_sampling, main_guard, sample_kwargs
+from training.cli import (Parser, UsageError, add_sampler_args, check_sampler_args, load_for_sampling, main_guard,
+                          sample_kwargs)
 
 
 @main_guard
@@ -22,26 +26,49 @@ def main(argv=None):
     add_sampler_args(parser)
     parser.add_argument('--out', help='output folder (default: RUN/samples next to the checkpoint folder)')
     parser.add_argument('--trajectories', action='store_true', help='also plot denoising trajectories')
+    parser.add_argument('--seeds', help="one sample per seed: '0-999', '1,5,10-19' (instead of --num and --seed)")
+    parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
     args = parser.parse_args(argv)
     check_sampler_args(args)
+    seeds = _seeds(args)
 
     model = load_for_sampling(args)
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
-    num = args.num or model.config.sample.num
-    path = []
-    callback = (lambda step: path.append(step['x'].cpu())) if args.trajectories else None
-    x = model.sample(num, callback=callback, **sample_kwargs(args))
+    num = len(seeds) if seeds else args.num or model.config.sample.num
+    batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
+    xs, paths = [], []
+    for batch in batches:
+        path = []
+        callback = (lambda step: path.append(step['x'].cpu())) if args.trajectories else None
+        xs.append(model.sample(None if batch else num, seeds=batch, callback=callback, **sample_kwargs(args)))
+        paths.append(path)
+    x = torch.cat(xs)
 
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / 'samples.npz', x=x.cpu().numpy())
+    np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))
     s = model.config.sample
     title = f'{model.config.name}: {args.solver or s.solver}, {args.schedule or s.schedule}, {args.steps or s.steps} steps'
     plots.save(plots.samples_figure(x, reference, title=title), out / 'samples.png')
     if args.trajectories:
-        plots.save(plots.trajectories_figure(torch.stack(path), reference), out / 'trajectories.png')
+        trajectories = torch.cat([torch.stack(path) for path in paths], dim=1)  # [steps, N, 2]
+        plots.save(plots.trajectories_figure(trajectories, reference), out / 'trajectories.png')
     print(f'sample: wrote {num} samples to {out}/samples.npz and {out}/samples.png'
           + (' and trajectories.png' if args.trajectories else ''))
+
+
+def _seeds(args):
+    """The --seeds list, or None; one-line errors for bad ranges and clashing flags."""
+    if args.seeds is None:
+        return None
+    if args.num is not None:
+        raise UsageError('--num and --seeds: give one (--seeds draws one sample per seed)')
+    if not args.batch > 0:
+        raise UsageError(f'--batch: must be > 0 (got {args.batch})')
+    try:
+        return sampling.parse_seeds(args.seeds)
+    except ValueError as e:
+        raise UsageError(f'--seeds: {e}') from None
 
 
 if __name__ == '__main__':

@@ -7,10 +7,11 @@
 import torch
 
 from .schedules import SCHEDULES, karras_sigmas, loglinear_sigmas, vp_sigmas
+from .seeds import SeedGenerator, parse_seeds
 from .solvers import SOLVERS, ddim, dpmpp_2m, euler, euler_ancestral, heun
 
-__all__ = ['SCHEDULES', 'SOLVERS', 'ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'get_sigmas', 'get_solver',
-           'heun', 'karras_sigmas', 'loglinear_sigmas', 'sample', 'vp_sigmas']
+__all__ = ['SCHEDULES', 'SOLVERS', 'SeedGenerator', 'ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'get_sigmas',
+           'get_solver', 'heun', 'karras_sigmas', 'loglinear_sigmas', 'parse_seeds', 'sample', 'vp_sigmas']
 
 
 def _lookup(kind, table, name):

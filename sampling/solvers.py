@@ -7,7 +7,8 @@ Every solver has one signature:
 - `denoiser(x, sigma) -> x0_hat`, `sigma` a [batch] tensor in x's dtype and device;
 - `x` [batch, ...]: the starting point at σ = sigmas[0] (standard noise times sigmas[0]);
 - `sigmas`: a strictly decreasing 1-D tensor ending in 0 (see `schedules.py`);
-- `generator` drives all fresh noise; `callback`, if given, is called after each step with
+- `generator` (a torch.Generator, or a `seeds.SeedGenerator` with one stream per sample) drives all
+  fresh noise; `callback`, if given, is called after each step with
   {'i', 'sigma', 'sigma_next', 'x' (after the step, at sigma_next), 'denoised' (D at sigma)}.
 
 The solvers run in x's dtype under `torch.no_grad()`. Denoiser calls (NFE) for N steps: Heun
@@ -37,6 +38,8 @@ def _denoise(denoiser, x, sigma):
 
 
 def _noise_like(x, generator):
+    if hasattr(generator, 'randn'):  # one stream per sample
+        return generator.randn(x.shape, device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 

@@ -325,17 +325,25 @@ class EDMModule(L.LightningModule):
         return profile
 
     @torch.no_grad()
-    def sample(self, n, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
-               sigma_min=None, sigma_max=None, rho=None, **options):
+    def sample(self, n=None, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
+               sigma_min=None, sigma_max=None, rho=None, seeds=None, **options):
         """Draw `n` samples [n, dim] with the EMA weights (or the raw ones, `use_ema=False`).
 
         Defaults come from the config's `sample` section (18-step Heun on the ρ=7 schedule);
-        `seed` fixes the initial noise and any stochastic steps; `options` go to the solver
-        (e.g. S_churn for heun, eta for ddim).
+        `seed` fixes the initial noise and any stochastic steps. With `seeds` (a sequence of ints)
+        instead of `n`, sample i comes from its own stream seeded by seeds[i] (EDM's seed ranges), the
+        same whatever the batch it is drawn in. `options` go to the solver (e.g. S_churn for heun,
+        eta for ddim).
         """
+        if (n is None) == (seeds is None):
+            raise ValueError('sample: give either n or seeds')
         self._place()
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        noise = torch.randn(n, self.dataset.dim, generator=generator, device=self.device)
+        if seeds is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            noise = torch.randn(n, self.dataset.dim, generator=generator, device=self.device)
+        else:
+            generator = sampling.SeedGenerator(seeds, self.device)
+            noise = generator.randn((len(generator), self.dataset.dim), device=self.device)
         sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
         return sampling.sample(self.sampling_denoiser(use_ema), noise, sigmas, solver or self.config.sample.solver,
                                generator=generator, callback=callback, **options)
