@@ -67,6 +67,8 @@ def main(argv=None):
     if args.likelihood is not None and args.likelihood < 1:
         raise UsageError(f'--likelihood: must be >= 1 (got {args.likelihood})')
     model = load_for_sampling(args)
+    if model.is_image_model:
+        raise UsageError(f'{args.ckpt}: an image model; its metrics are fid.py\'s (FID, KID, classifier distance)')
     num = args.num or 5000
     kwargs = sample_kwargs(args)
 

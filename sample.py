@@ -2,11 +2,15 @@
 
     python sample.py --ckpt RUN/checkpoints/last.ckpt [--num N | --seeds 0-999 [--batch B]] [--steps 18]
                      [--solver heun] [--schedule karras] [--seed S] [--no-ema] [--out DIR] [--trajectories]
+                     [--class K [--guidance W]]
 
-Writes DIR/samples.npz (array `x`, [N, 2], and with --seeds the array `seeds`) and DIR/samples.png
-(the samples over ground-truth points); --trajectories adds DIR/trajectories.png. DIR defaults to
-RUN/samples. With --seeds each sample comes from its own seed (EDM's seed ranges: reproducible one
-by one, whatever --batch).
+Points (toy data): writes DIR/samples.npz (array `x`, [N, 2], and with --seeds the array `seeds`)
+and DIR/samples.png (the samples over ground-truth points); --trajectories adds DIR/trajectories.png.
+Images: writes DIR/grid.png (the first 64) and, with --seeds, one DIR/<seed>.png per image (six
+digits, e.g. 000042.png), written batch by batch. DIR defaults to RUN/samples. With --seeds each
+sample comes from its own seed (EDM's seed ranges: reproducible one by one, whatever --batch).
+--class K draws class K from a class-conditional model, guided with weight W (0: unconditional,
+1: conditional, default; larger: stronger guidance).
 """
 
 from pathlib import Path
@@ -28,11 +32,14 @@ def main(argv=None):
     parser.add_argument('--trajectories', action='store_true', help='also plot denoising trajectories')
     parser.add_argument('--seeds', help="one sample per seed: '0-999', '1,5,10-19' (instead of --num and --seed)")
     parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
+    parser.add_argument('--class', dest='class_label', type=int, help='class to draw (class-conditional models)')
+    parser.add_argument('--guidance', type=float, default=1.0, help='classifier-free guidance weight (default 1)')
     args = parser.parse_args(argv)
     check_sampler_args(args)
     seeds = _seeds(args)
 
     model = load_for_sampling(args)
+    _check_class(args, model)
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
     num = len(seeds) if seeds else args.num or model.config.sample.num
     batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
@@ -40,11 +47,21 @@ def main(argv=None):
     for batch in batches:
         path = []
         callback = (lambda step: path.append(step['x'].cpu())) if args.trajectories else None
-        xs.append(model.sample(None if batch else num, seeds=batch, callback=callback, **sample_kwargs(args)))
+        x = model.sample(None if batch else num, seeds=batch, callback=callback, class_label=args.class_label,
+                         guidance=args.guidance, **sample_kwargs(args))
         paths.append(path)
+        if model.is_image_model:  # written as they come: 50,000 images need not fit in memory
+            for seed, image in zip(batch or (), plots.to_uint8(x)):
+                plots.save_image(image, out / f'{seed:06d}.png')
+            x = x[:64 - sum(len(kept) for kept in xs)]
+        xs.append(x.cpu())
     x = torch.cat(xs)
 
     out.mkdir(parents=True, exist_ok=True)
+    if model.is_image_model:
+        plots.save_image(plots.image_grid(x), out / 'grid.png')
+        print(f'sample: wrote {out}/grid.png' + (f' and {num} images {out}/NNNNNN.png' if seeds else ''))
+        return
     np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))
     s = model.config.sample
@@ -55,6 +72,15 @@ def main(argv=None):
         plots.save(plots.trajectories_figure(trajectories, reference), out / 'trajectories.png')
     print(f'sample: wrote {num} samples to {out}/samples.npz and {out}/samples.png'
           + (' and trajectories.png' if args.trajectories else ''))
+
+
+def _check_class(args, model):
+    if args.class_label is None:
+        return
+    if not model.config.network.class_conditional:
+        raise UsageError(f'--class: {args.ckpt} is not class-conditional (network.class_conditional: false)')
+    if not 0 <= args.class_label < model.dataset.num_classes:
+        raise UsageError(f'--class: must be in 0..{model.dataset.num_classes - 1} (got {args.class_label})')
 
 
 def _seeds(args):

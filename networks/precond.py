@@ -19,12 +19,14 @@ class Precond(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, sigma):
-        """x: [B, ...]; sigma: [B] (or broadcastable) noise level. Returns x0_hat like x."""
+    def forward(self, x, sigma, class_labels=None):
+        """x: [B, ...]; sigma: [B] (or broadcastable) noise level; class_labels: [B, label_dim] one-hot
+        (zeros: unconditional) for class-conditional networks. Returns x0_hat like x."""
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
         s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        F = self.model(self.c_in(s) * x, self.c_noise(sigma))
+        labels = () if class_labels is None else (class_labels,)
+        F = self.model(self.c_in(s) * x, self.c_noise(sigma), *labels)
         return self.c_skip(s) * x + self.c_out(s) * F
 
     def loss_weight(self, sigma):

@@ -6,12 +6,13 @@
 
 import torch
 
+from .guidance import guided
 from .schedules import SCHEDULES, karras_sigmas, loglinear_sigmas, vp_sigmas
 from .seeds import SeedGenerator, parse_seeds
 from .solvers import SOLVERS, ddim, dpmpp_2m, euler, euler_ancestral, heun
 
 __all__ = ['SCHEDULES', 'SOLVERS', 'SeedGenerator', 'ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'get_sigmas',
-           'get_solver', 'heun', 'karras_sigmas', 'loglinear_sigmas', 'parse_seeds', 'sample', 'vp_sigmas']
+           'get_solver', 'guided', 'heun', 'karras_sigmas', 'loglinear_sigmas', 'parse_seeds', 'sample', 'vp_sigmas']
 
 
 def _lookup(kind, table, name):

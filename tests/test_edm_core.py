@@ -72,7 +72,7 @@ def test_forward_combines_skip_and_output():
 
 def test_loss_matches_formula_and_reports_unweighted_error():
     torch.manual_seed(0)
-    denoiser = build_denoiser(NetworkConfig(width=16, depth=2), PrecondConfig(), dim=2)
+    denoiser = build_denoiser(NetworkConfig(width=16, depth=2), PrecondConfig(), shape=(2,))
     x0 = torch.randn(8, 2)
     sigma = torch.logspace(-2, 1, 8)
     loss, sq_err = edm_loss(denoiser, x0, sigma, generator=torch.Generator().manual_seed(1))
@@ -120,3 +120,11 @@ def test_draws_are_reproducible_from_the_generator():
     a = d.sample(10, generator=torch.Generator().manual_seed(5))
     b = d.sample(10, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and not torch.equal(a, d.sample(10, generator=torch.Generator().manual_seed(6)))
+
+
+def test_learning_rate_warms_up_then_decays_like_edm2():
+    from training.module import learning_rate_factor
+    assert learning_rate_factor(0, warmup_steps=100) == pytest.approx(0.01)
+    assert learning_rate_factor(99, warmup_steps=100) == 1 == learning_rate_factor(10**6, warmup_steps=100)
+    assert learning_rate_factor(999, warmup_steps=100, ref_steps=1000) == 1
+    assert learning_rate_factor(3999, warmup_steps=100, ref_steps=1000) == pytest.approx(0.5)  # 1/sqrt(4)

@@ -269,7 +269,8 @@ def test_degenerate_profiles_give_finite_sigmas(errors, density):
 
 @pytest.mark.slow
 def test_rejected_input_writes_nothing(tmp_path, capsys):
-    for argv in (['optim.lr=-1'], ['--resume', str(tmp_path / 'missing.ckpt')], ['trainer.max_nonfinite=0']):
+    missing_data = ['data.name=mnist', f'data.root={tmp_path / "no-mnist"}', 'network.name=unet', 'network.preset=ddpmpp-tiny']
+    for argv in (['optim.lr=-1'], ['--resume', str(tmp_path / 'missing.ckpt')], ['trainer.max_nonfinite=0'], missing_data):
         run_dir = tmp_path / 'never'
         with pytest.raises(SystemExit) as info:
             train.main(argv + [f'run_dir={run_dir}'])

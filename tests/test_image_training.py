@@ -1,0 +1,148 @@
+"""Images end to end on the CPU: a few training steps of each image config, sampling to PNGs,
+guidance, and the metric path (classifier Fréchet distance and FID with stand-in Inception weights)."""
+
+import json
+
+import pytest
+import torch
+
+import fid
+import sample
+import train
+from training.module import load_model
+
+pytestmark = pytest.mark.slow
+
+TINY = ['trainer.max_steps=3', 'trainer.batch_size=4', 'trainer.log_every=1', 'trainer.plot_every=3',
+        'trainer.ckpt_every=3', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
+        'noise.spectrum_samples=256', 'noise.num_bins=8']
+
+
+@pytest.mark.parametrize('config, extra', [
+    ('configs/mnist/small.yaml', ['network.preset=ddpmpp-tiny']),
+    ('configs/mnist/mp.yaml', []),
+    ('configs/mnist/small.yaml', ['network.preset=ddpmpp-tiny', 'noise.name=entropic', 'noise.density=structure',
+                                  'noise.warmup_steps=1', 'noise.refresh_every=1']),
+])
+def test_image_configs_train_a_few_steps(config, extra, tmp_path):
+    train.main(['--config', config, *TINY, *extra, f'run_dir={tmp_path}'])
+    model = load_model(tmp_path / 'checkpoints' / 'last.ckpt', device='cpu')
+    assert model.is_image_model and model.global_step == 0  # a loaded model is not attached to a Trainer
+    x = model.sample(2, steps=2, class_label=3)
+    assert x.shape == (2, *model.dataset.shape) and torch.isfinite(x).all()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert 'samples' in EventAccumulator(str(tmp_path / 'tensorboard'), size_guidance={'images': 0}).Reload().Tags()['images']
+
+
+def test_cifar10_paper_config_builds_the_56m_network(tmp_path, monkeypatch):
+    import torchvision
+
+    from tests.test_images import write_cifar10
+    from training.config import load_config
+    from training.module import EDMModule
+    write_cifar10(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda *args, **kwargs: True)
+    config = load_config('configs/cifar10/ddpmpp.yaml', [f'data.root={tmp_path}', 'noise.spectrum_samples=256'])
+    model = EDMModule(config)
+    assert sum(p.numel() for p in model.denoiser.parameters()) == 55_732_739
+    assert model.dataset.shape == (3, 32, 32) and model.dataset.xflip
+
+
+@pytest.fixture(scope='module')
+def mnist_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp('runs') / 'mnist'
+    train.main(['--config', 'configs/mnist/small.yaml', *TINY, 'network.preset=ddpmpp-tiny', f'run_dir={run_dir}'])
+    return run_dir
+
+
+def test_guidance_zero_is_the_unconditional_model(mnist_run):
+    model = load_model(mnist_run / 'checkpoints' / 'last.ckpt', device='cpu')
+    # Make the labels matter: the freshly initialised label map has almost no effect.
+    torch.manual_seed(0)
+    for p in model.ema.ema_model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    unconditional = model.sample(3, steps=3, seed=1)
+    assert torch.equal(model.sample(3, steps=3, seed=1, class_label=7, guidance=0.0), unconditional)
+    conditional = model.sample(3, steps=3, seed=1, class_label=7, guidance=1.0)
+    assert not torch.allclose(conditional, unconditional)
+    guided = model.sample(3, steps=3, seed=1, class_label=7, guidance=2.0)
+    assert not torch.allclose(guided, conditional)
+
+
+def test_sample_writes_grid_and_one_png_per_seed(mnist_run, tmp_path, capsys):
+    out = tmp_path / 'images'
+    sample.main(['--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt'), '--seeds', '0-9', '--batch', '4', '--steps', '2',
+                 '--class', '3', '--guidance', '1.5', '--out', str(out)])
+    assert sorted(p.name for p in out.glob('0*.png')) == [f'{s:06d}.png' for s in range(10)]
+    assert (out / 'grid.png').stat().st_size > 100
+    from torchvision.io import read_image
+    assert read_image(str(out / '000004.png')).shape == (1, 32, 32)  # grey stays grey
+    err = _one_line(capsys, sample.main, ['--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt'), '--class', '12'])
+    assert '--class: must be in 0..9 (got 12)' in err
+    import metrics
+    assert "an image model; its metrics are fid.py's" in _one_line(capsys, metrics.main, ['--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt')])
+
+
+def _one_line(capsys, fn, argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        fn(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def _write_pngs(images, folder):
+    from training import plots
+    for i, image in enumerate(images):
+        plots.save_image(image, folder / f'{i:06d}.png')
+
+
+def test_classifier_frechet_distance_orders_real_collapsed_and_noise(mnist_run, tmp_path, capsys):
+    """Real digits (not among the reference images) score far better than one digit class alone
+    (mode collapse), which scores better than noise, by KID and FID alike."""
+    from training.fidelity import ReferenceImages
+    from training.images import mnist_5k
+    data = mnist_5k()
+    held_out = torch.ones(len(data), dtype=torch.bool)
+    held_out[ReferenceImages(data, 1000).index] = False  # the digits fid.py compares with
+    real, ones, noise = tmp_path / 'real', tmp_path / 'ones', tmp_path / 'noise'
+    shuffle = torch.randperm(int(held_out.sum()), generator=torch.Generator().manual_seed(1))  # the file is sorted by class
+    _write_pngs(data.images[held_out][shuffle[:200]], real)
+    _write_pngs(data.images[held_out & (data.labels == 1)][:200], ones)
+    _write_pngs(torch.randint(0, 256, (200, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), noise)
+    ckpt, cache = str(mnist_run / 'checkpoints' / 'last.ckpt'), tmp_path / 'cache'
+    results = {}
+    for name, folder in (('real', real), ('ones', ones), ('noise', noise)):
+        fid.main(['--images', str(folder), '--ckpt', ckpt, '--features', 'classifier', '--cache-dir', str(cache),
+                  '--metrics', 'fid,kid', '--num-reference', '1000', '--json', str(tmp_path / f'{name}.json')])
+        results[name] = json.loads((tmp_path / f'{name}.json').read_text())
+    out = capsys.readouterr().out
+    accuracy = float(out.split('held-out accuracy ')[1].split(';')[0])
+    assert accuracy > 0.9 and out.count('trained the digit classifier') == 1  # trained once, then cached
+    kid = {name: r['kernel_inception_distance_mean'] for name, r in results.items()}
+    fd = {name: r['frechet_inception_distance'] for name, r in results.items()}
+    assert 3 * kid['real'] < kid['ones'] < kid['noise'] and fd['real'] < fd['ones'] < fd['noise']
+
+
+def test_fid_with_stand_in_inception_weights(mnist_run, tmp_path, monkeypatch, capsys):
+    """The Inception path with randomly initialised weights: plumbing only, the numbers mean nothing."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+    with monkeypatch.context() as patch:
+        patch.setattr(inception, 'load_state_dict_from_url', lambda *args, **kwargs: None)
+        patch.setattr(inception.FeatureExtractorInceptionV3, 'load_state_dict', lambda self, state: None)
+        torch.manual_seed(0)
+        stand_in = inception.FeatureExtractorInceptionV3('inception-v3-compat', ['2048'])
+    weights = tmp_path / 'inception-stand-in.pth'
+    torch.save(stand_in.state_dict(), weights)
+    images = tmp_path / 'images'
+    sample.main(['--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt'), '--seeds', '0-7', '--steps', '2', '--out', str(images)])
+    fid.main(['--images', str(images), '--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt'), '--fid-weights', str(weights),
+              '--metrics', 'fid,kid', '--num-reference', '8', '--cache-dir', str(tmp_path / 'cache'),
+              '--json', str(tmp_path / 'fid.json')])
+    result = json.loads((tmp_path / 'fid.json').read_text())
+    assert {'frechet_inception_distance', 'kernel_inception_distance_mean'} <= set(result)
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.values())
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'empty-hub'))
+    err = _one_line(capsys, fid.main, ['--images', str(images), '--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt')])
+    assert "none in torch-fidelity's cache" in err and '--fid-weights' in err

@@ -1,0 +1,180 @@
+"""Image quality through torch-fidelity: FID, KID, Inception Score and precision/recall between a
+folder of generated PNGs and the training images, with the reference statistics cached after the
+first run; and, for digits, the Fréchet distance in the features of a small classifier trained
+once on the real digits and cached (no Inception weights needed, so MNIST runs are measurable offline).
+"""
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_fidelity import calculate_metrics, register_feature_extractor
+from torch_fidelity.datasets import ImagesPathDataset
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from .checkpoint import AtomicCheckpointIO
+
+# torch-fidelity's Inception weights, under torch hub's cache once downloaded.
+INCEPTION_FILE = 'weights-inception-2015-12-05-6726825d.pth'
+INCEPTION_URL = 'https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + INCEPTION_FILE
+CLASSIFIER = 'cedm-digit-classifier'
+METRICS = ('fid', 'kid', 'isc', 'prc')
+
+
+class FidelityError(ValueError):
+    """Metrics that cannot be computed as asked, with a one-line reason."""
+
+
+class ReferenceImages(torch.utils.data.Dataset):
+    """The training images as torch-fidelity reads them: uint8 [3, H, W] (grey repeated to RGB); with
+    `num`, a fixed random subset of that many (`index`), since dataset files may be sorted by class."""
+
+    def __init__(self, data, num=None):
+        self.index = torch.arange(len(data))
+        if num is not None and num < len(data):
+            self.index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:num]
+        self.images = data.images.cpu()[self.index]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].expand(3, -1, -1)
+
+
+def inception_weights(path=None):
+    """The Inception weights file: `path`, else torch-fidelity's download in torch hub's cache."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise FidelityError(f'--fid-weights: {path}: file not found')
+        return str(path)
+    cached = Path(torch.hub.get_dir()) / 'checkpoints' / INCEPTION_FILE
+    if not cached.is_file():
+        raise FidelityError(f'Inception weights: none in torch-fidelity\'s cache ({cached}) and no --fid-weights PATH; '
+                            f'fetch {INCEPTION_URL} to either place')
+    return str(cached)
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 1-channel digits in [−1, 1]; `features` is its 128-d penultimate layer."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(256, 128), nn.ReLU())
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def train_classifier(data, path, steps=800, batch_size=64, seed=0):
+    """Train a `DigitClassifier` on the digits of `data` (an ImageData) with a tenth held out, save it
+    atomically to `path` with its held-out accuracy, and return that accuracy."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=generator)
+    held_out, train = order[:len(data) // 10], order[len(data) // 10:]
+    images, labels = data.images.cpu().float() / 127.5 - 1, data.labels.cpu()
+    torch.manual_seed(seed)
+    model = DigitClassifier(data.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for step in range(steps):
+        index = train[torch.randint(len(train), (batch_size,), generator=generator)]
+        x = images[index]
+        shift = torch.randint(-2, 3, (2,), generator=generator).tolist()  # small translations: robustness
+        loss = F.cross_entropy(model(torch.roll(x, shift, dims=(-2, -1))), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
+    AtomicCheckpointIO().save_checkpoint({'state_dict': model.state_dict(), 'accuracy': accuracy,
+                                          'resolution': data.shape[-1], 'dataset': data.name}, path)
+    return accuracy
+
+
+class ClassifierFeatures(FeatureExtractorBase):
+    """torch-fidelity's view of a trained `DigitClassifier` (weights from `feature_extractor_weights_path`):
+    uint8 RGB images [B, 3, H, W] in, 'features' [B, 128] and 'logits' [B, 10] out."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        state = torch.load(feature_extractor_weights_path, map_location='cpu', weights_only=True)
+        self.model = DigitClassifier()
+        self.model.load_state_dict(state['state_dict'])
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list():
+        return 'features', 'logits'
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {'isc': 'logits'}.get(metric, 'features')
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+    def forward(self, x):
+        grey = x.float().mean(1, keepdim=True) / 127.5 - 1
+        features = self.model.features(grey)
+        out = {'features': features, 'logits': self.model.head(features)}
+        return tuple(out[name] for name in self.features_list)
+
+
+if CLASSIFIER not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(CLASSIFIER, ClassifierFeatures)
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def image_metrics(images, data, metrics=('fid', 'kid'), features='inception', weights=None, cache_root=None,
+                  num_reference=None, cuda=False, batch_size=64, verbose=False):
+    """{metric: value} between the PNGs in folder `images` and the training images of `data` (an ImageData).
+
+    features: 'inception' (torch-fidelity's InceptionV3; `weights` a local file or None for its cache)
+    or 'classifier' (a `DigitClassifier`; `weights` its file). The reference statistics are cached
+    under `cache_root` (default: torch-fidelity's), keyed by the dataset, the number of reference
+    images and the feature weights. FID and KID are computed in the usual way; with the classifier
+    they are Fréchet and kernel distances in its features, comparable only with each other.
+    """
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise FidelityError(f"--metrics: unknown {', '.join(sorted(unknown))} (allowed: {', '.join(METRICS)})")
+    # sample.py's per-seed images (000042.png ...), not the grid beside them.
+    files = sorted(str(p) for p in Path(images).glob('[0-9]*.png'))
+    num_generated = len(files)
+    if num_generated < 2:
+        raise FidelityError(f'{images}: needs at least 2 PNG images named by seed, e.g. 000000.png (found {num_generated})')
+    if features == 'classifier':
+        if weights is None or not Path(weights).is_file():
+            raise FidelityError(f'classifier features: no classifier file at {weights}')
+        extractor = CLASSIFIER
+    else:
+        weights, extractor = inception_weights(weights), 'inception-v3-compat'
+    reference = ReferenceImages(data, num_reference)
+    kid_subset_size = min(1000, num_generated, len(reference))
+    return calculate_metrics(
+        input1=ImagesPathDataset(files), input2=reference, cuda=cuda, batch_size=batch_size, verbose=verbose,
+        fid='fid' in metrics, kid='kid' in metrics, isc='isc' in metrics, prc='prc' in metrics,
+        kid_subset_size=kid_subset_size, kid_subsets=10, prc_neighborhood=min(3, kid_subset_size - 1),
+        feature_extractor=extractor, feature_extractor_weights_path=weights, cache=True, cache_root=cache_root,
+        input2_cache_name=f'cedm-{data.name}-{"x".join(map(str, data.shape))}-{len(reference)}-{extractor}-{_digest(weights)}')
