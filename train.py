@@ -76,7 +76,7 @@ def main(argv=None):
     parser.add_argument('--config', help=f'YAML experiment (default {DEFAULT_CONFIG})')
     parser.add_argument('--resume', help="checkpoint to continue from, or 'auto' for run_dir's last.ckpt")
     parser.add_argument('overrides', nargs='*', help='dotted key=value overrides')
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the flags
     config, resume = resolve_config(args)
     run_dir = Path(config.run_dir)
 

@@ -146,3 +146,34 @@ def test_fid_with_stand_in_inception_weights(mnist_run, tmp_path, monkeypatch, c
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'empty-hub'))
     err = _one_line(capsys, fid.main, ['--images', str(images), '--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt')])
     assert "none in torch-fidelity's cache" in err and '--fid-weights' in err
+
+
+def test_posthoc_ema_reconstructs_a_tracked_profile_and_survives_resume(tmp_path, capsys):
+    run_dir = tmp_path / 'run'
+    common = ['--config', 'configs/mnist/small.yaml', *TINY, 'network.preset=ddpmpp-tiny', 'ema.posthoc=true',
+              'ema.snapshot_every=2', 'trainer.ckpt_every=4', f'run_dir={run_dir}']
+    train.main(common + ['trainer.max_steps=8'])
+    snapshots = sorted(p.name for p in (run_dir / 'posthoc-ema').glob('*.pt'))
+    assert snapshots == sorted(f'{i}.{s}.pt' for i in (0, 1) for s in (2, 4, 6, 8))
+    ckpt = run_dir / 'checkpoints' / 'last.ckpt'
+    model = load_model(ckpt, device='cpu')
+    tracked = [p.clone() for p in model.posthoc_ema.ema_models[1].ema_model.parameters()]  # σ_rel 0.10
+    model.use_posthoc_ema(0.10)  # a tracked width at the last snapshot: the least squares reproduce it
+    for p, q in zip(model.ema.ema_model.parameters(), tracked):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    model.use_posthoc_ema(0.07)
+    assert not all(torch.allclose(p, q) for p, q in zip(model.ema.ema_model.parameters(), tracked))
+    # Resuming from step 4 drops the snapshots of steps 6 and 8, which that run had not reached.
+    train.main(common + ['--resume', str(run_dir / 'checkpoints' / 'step-0000004.ckpt'), 'trainer.max_steps=6'])
+    assert sorted(p.name for p in (run_dir / 'posthoc-ema').glob('*.pt')) == sorted(f'{i}.{s}.pt' for i in (0, 1) for s in (2, 4, 6))
+    out = tmp_path / 'samples'
+    sample.main(['--ckpt', str(ckpt), '--posthoc-sigma-rel', '0.08', '--num', '4', '--steps', '2', '--out', str(out)])
+    assert (out / 'grid.png').is_file()
+    assert 'kept no post-hoc EMA' in _one_line(capsys, sample.main, ['--ckpt', _plain_run(tmp_path), '--posthoc-sigma-rel', '0.1'])
+
+
+def _plain_run(tmp_path):
+    run_dir = tmp_path / 'plain'
+    train.main(['--config', 'configs/mnist/small.yaml', *TINY, 'network.preset=ddpmpp-tiny', 'trainer.max_steps=1',
+                f'run_dir={run_dir}'])
+    return str(run_dir / 'checkpoints' / 'last.ckpt')

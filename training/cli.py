@@ -62,6 +62,8 @@ def add_sampler_args(parser):
     parser.add_argument('--rho', type=float, help='karras schedule exponent (EDM: 7)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the initial noise (default 0)')
     parser.add_argument('--no-ema', action='store_true', help='use the raw weights instead of the EMA')
+    parser.add_argument('--posthoc-sigma-rel', type=float, metavar='SIGMA_REL',
+                        help='use the post-hoc EMA of this relative width, reconstructed from the snapshots (ema.posthoc)')
     parser.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
 
 
@@ -77,6 +79,16 @@ def load_for_sampling(args):
     from .module import load_model  # local: the module imports Lightning, which `Parser` users may not need
 
     model = load_model(args.ckpt, device=args.device)
+    sigma_rel = getattr(args, 'posthoc_sigma_rel', None)
+    if sigma_rel is not None:
+        if args.no_ema:
+            raise UsageError('--posthoc-sigma-rel and --no-ema: give one')
+        if not 0 < sigma_rel < 0.28:
+            raise UsageError(f'--posthoc-sigma-rel: must be in (0, 0.28) (got {sigma_rel})')
+        try:
+            model.use_posthoc_ema(sigma_rel)
+        except ValueError as e:
+            raise UsageError(f'--posthoc-sigma-rel: {args.ckpt}: {e}') from None
     if args.estimate_profile:
         model.estimate_profile(use_ema=not args.no_ema, seed=args.seed)
     return model

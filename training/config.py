@@ -198,11 +198,20 @@ class EMAConfig:
     power: float = 0.75
     update_after_step: int = 100
     update_every: int = 1
+    # EDM2's post-hoc EMA beside the plain one: power-function EMAs of relative widths
+    # `posthoc_sigma_rels`, snapshots every `snapshot_every` steps in RUN/posthoc-ema/, from which
+    # sample.py --posthoc-sigma-rel reconstructs any other width after training.
+    posthoc: bool = False
+    posthoc_sigma_rels: list[float] = field(default_factory=lambda: [0.05, 0.10])
+    snapshot_every: int = 1000
 
     def validate(self):
         if not 0 < self.beta < 1:
             raise ConfigError(f"ema.beta: must be in (0, 1) (got {self.beta})")
-        _positive(self, 'ema', 'power', 'update_every')
+        _positive(self, 'ema', 'power', 'update_every', 'snapshot_every')
+        rels = self.posthoc_sigma_rels
+        if len(rels) < 2 or len(set(rels)) != len(rels) or not all(0 < r < 0.28 for r in rels):
+            raise ConfigError(f"ema.posthoc_sigma_rels: must be two or more distinct widths in (0, 0.28) (got {rels})")
         if self.update_after_step < 0:
             raise ConfigError(f"ema.update_after_step: must be >= 0 (got {self.update_after_step})")
 

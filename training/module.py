@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from ema_pytorch import EMA
+from ema_pytorch import EMA, PostHocEMA
 
 import sampling
 from networks import build_denoiser
@@ -80,6 +80,11 @@ class EDMModule(L.LightningModule):
             self.denoiser, beta=e.beta, power=e.power, update_after_step=e.update_after_step,
             update_every=e.update_every, include_online_model=False, use_foreach=True))
         self.ema.ema_model.eval()
+        object.__setattr__(self, 'posthoc_ema', None)
+        if e.posthoc:  # updated and snapshotted by rank 0 only, which alone writes files
+            object.__setattr__(self, 'posthoc_ema', PostHocEMA(
+                self.denoiser, sigma_rels=tuple(e.posthoc_sigma_rels), checkpoint_every_num_steps='manual',
+                checkpoint_folder=str(self.posthoc_folder), checkpoint_dtype=torch.float32))
         n = config.noise
         # The profile of the training errors: the σ distribution of `noise.name: entropic`, and the
         # entropic sampling schedules of every checkpoint. Outside the module tree like the EMA:
@@ -110,19 +115,30 @@ class EDMModule(L.LightningModule):
     def _place(self):
         """Move the pieces that live outside the module tree to the module's device."""
         self.ema.to(self.device)
+        if self.posthoc_ema is not None:
+            self.posthoc_ema.to(self.device)
         self.profile.to(self.device)
         self.dataset.to(self.device)
+
+    @property
+    def posthoc_folder(self):
+        return Path(self.config.run_dir or '.') / 'posthoc-ema'
 
     def on_train_start(self):
         # Here rather than in on_fit_start: some strategies restore a checkpoint after that hook.
         self._place()
+        if self.posthoc_ema is not None and self.trainer.is_global_zero:
+            for path in self.posthoc_folder.glob('*.pt'):  # from beyond the checkpoint resumed (or a former run)
+                if int(path.stem.split('.')[1]) > self.global_step:
+                    path.unlink()
         rank, states = self.global_rank, self._random_states
         self.data_generator = rng.generator(self.device, self.config.seed, rank, 0)
         self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1)
         if states is not None and len(states) == self.trainer.world_size:  # continue every rank's streams
             self.data_generator.set_state(states[rank]['data'])
             self.sigma_generator.set_state(states[rank]['sigma'])
-            rng.set_global_state(states[rank])
+            if 'torch' in states[rank]:
+                rng.set_global_state(states[rank])
         elif states is not None:  # another number of ranks: fresh streams that do not replay the first steps
             self.data_generator = rng.generator(self.device, self.config.seed, rank, 0, self.global_step)
             self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1, self.global_step)
@@ -218,6 +234,12 @@ class EDMModule(L.LightningModule):
         self.lr_schedulers().step()
         # The EMA and the profile advance with the optimizer, before callbacks (checkpoints) see the step.
         self.ema.update()
+        if self.posthoc_ema is not None and self.trainer.is_global_zero:
+            self.posthoc_ema.update()
+            if self.global_step % self.config.ema.snapshot_every == 0:
+                # Before the step's checkpoint: a kill during this write leaves a snapshot newer than
+                # the last checkpoint, which the resumed run deletes (on_train_start).
+                self.posthoc_ema.checkpoint()
         if self.global_step % self.config.noise.refresh_every == 0:
             self.profile.refresh()  # a collective under DDP: every rank calls it
         if log:
@@ -285,6 +307,7 @@ class EDMModule(L.LightningModule):
             'format': FORMAT_VERSION,
             'config': config_to_dict(self.config),
             'ema': self.ema.state_dict(),
+            'posthoc_ema': None if self.posthoc_ema is None else self.posthoc_ema.state_dict(),
             'random': self._gather_random_states(),
             'profile': self.profile.state_dict(),
             'nonfinite_steps': self.nonfinite_steps,
@@ -303,14 +326,28 @@ class EDMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         meta = checkpoint['cedm']
         self.ema.load_state_dict(meta['ema'])
+        if self.posthoc_ema is not None:
+            self.posthoc_ema.load_state_dict(meta['posthoc_ema'])
         self.profile.load_state_dict(meta['profile'])
-        self._random_states = meta['random']
-        self.nonfinite_steps = meta['nonfinite_steps']
+        # Checkpoints written before the global random states were kept hold the generators only.
+        self._random_states = meta['random'] if 'random' in meta else [meta['generators']]
+        self.nonfinite_steps = meta.get('nonfinite_steps', 0)
 
     # ------------------------------------------------------------------ sampling
     @property
     def is_image_model(self):
         return len(self.dataset.shape) == 3
+
+    def use_posthoc_ema(self, sigma_rel):
+        """Replace the EMA weights by the power-function EMA of relative width `sigma_rel`
+        reconstructed from the run's snapshots (EDM2, Algorithm 3, through ema-pytorch)."""
+        if self.posthoc_ema is None:
+            raise ValueError('sigma_rel: this run kept no post-hoc EMA (ema.posthoc: false)')
+        if not list(self.posthoc_folder.glob('*.pt')):
+            raise ValueError(f'sigma_rel: no post-hoc EMA snapshots in {self.posthoc_folder}')
+        synthesized = self.posthoc_ema.synthesize_ema_model(sigma_rel=sigma_rel)
+        synthesized.ema_model.eval()
+        object.__setattr__(self, 'ema', synthesized)
 
     def sampling_denoiser(self, use_ema=True, class_label=None, guidance=1.0, n=None):
         """The denoiser (x, σ) -> x0_hat that sampling uses: EMA or raw weights; for a class-conditional
