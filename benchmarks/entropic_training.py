@@ -94,6 +94,8 @@ def run_one(dataset, variant, seed, steps, evals, out):
         evaluate = Evaluate()
         trainer.callbacks.append(evaluate)
         trainer.fit(model)
+    if trainer.global_step < steps:  # stopped early (a signal): not a result to cache
+        raise RuntimeError(f'{dataset} {variant} seed {seed}: stopped at step {trainer.global_step} of {steps}')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(evaluate.result))
     print(f'{dataset:10s} {variant:20s} seed {seed}: gap {evaluate.result["gap"]}', flush=True)
