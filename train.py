@@ -7,20 +7,23 @@ keys with YAML values (`data.name=moons`, `trainer.max_steps=2000`, `data.weight
 Resuming takes the config stored in the checkpoint (overrides still apply) unless --config is given.
 """
 
+import os
 import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 
 from training.checkpoint import AtomicCheckpointIO, remove_stale_temporaries
 from training.cli import Parser, UsageError, main_guard
 from training.config import config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
-from training.module import EDMModule, load_model
+from training.module import EDMModule, batch_split, load_model
 from training.shutdown import GracefulShutdown
 
 DEFAULT_CONFIG = 'configs/toy/default.yaml'
@@ -44,9 +47,20 @@ def resolve_config(args):
         base = read_config_file(args.config or DEFAULT_CONFIG)
     config = config_from_dict(merge(base, overrides))
     if config.run_dir is None:
-        config.run_dir = f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config.run_dir = default_run_dir(config)
     config.resume = resume
     return config, resume
+
+
+def default_run_dir(config):
+    """runs/<name>-<timestamp>, the same on every rank: Lightning's launcher starts the other ranks
+    from this process, which hands its choice down through the environment; under torchrun the
+    ranks start apart, so there it must be given."""
+    if 'CEDM_RUN_DIR' not in os.environ:
+        if int(os.environ.get('WORLD_SIZE', 1)) > 1:
+            raise UsageError('run_dir: give run_dir=PATH when launching with torchrun (every rank must write to one folder)')
+        os.environ['CEDM_RUN_DIR'] = f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return os.environ['CEDM_RUN_DIR']
 
 
 def build_trainer(config, run_dir):
@@ -62,9 +76,11 @@ def build_trainer(config, run_dir):
         GracefulShutdown(run_dir / 'checkpoints' / 'last.ckpt')]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=t.log_every))
+    distributed = t.devices * t.num_nodes > 1 or int(os.environ.get('WORLD_SIZE', 1)) > 1
+    strategy = DDPStrategy(timeout=timedelta(seconds=t.collective_timeout)) if distributed else 'auto'
     return L.Trainer(
-        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices,
-        precision=t.precision, default_root_dir=run_dir,
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=strategy, precision=t.precision, default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir, name='tensorboard', version=''), callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -83,6 +99,7 @@ def main(argv=None):
     L.seed_everything(config.seed, verbose=False)  # network initialisation; torch, numpy and Python streams
     model = EDMModule(config)
     trainer = build_trainer(config, run_dir)
+    batch_split(config.trainer, trainer.world_size)  # a batch that does not split stops here, before writing
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir / 'checkpoints')
@@ -97,6 +114,9 @@ def main(argv=None):
         if trainer.is_global_zero:
             print(f'cedm: stopped by {shutdown.received.name} at step {shutdown.stopped_at}; checkpoint {last}; '
                   f'resume with: python train.py --resume auto run_dir={run_dir}', file=sys.stderr)
+            if shutdown.requeued is not None:
+                print(f"cedm: SLURM job {os.environ['SLURM_JOB_ID']} "
+                      + ('requeued' if shutdown.requeued else 'NOT requeued (scontrol requeue failed)'), file=sys.stderr)
         sys.exit(128 + shutdown.received)  # the shell's convention for a process ended by a signal
     if trainer.is_global_zero:
         print(f'cedm: done at step {trainer.global_step}; checkpoint {last}')

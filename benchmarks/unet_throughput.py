@@ -3,6 +3,7 @@ preconditioner and loss, and peak memory, for the DDPM++ and the magnitude-prese
 MNIST and CIFAR-10 presets, on the device it runs on; the ratio mp-unet / unet per dataset.
 
     python benchmarks/unet_throughput.py [--device cpu|cuda] [--batch 16] [--iters 5] [--precision 32|bf16]
+                                         [--datasets mnist cifar10]
 
 Each network runs in its own process, so CPU peak memory (the process's maximum resident set, less
 what it held before building the network) is that network's alone; on CUDA it is
@@ -69,10 +70,12 @@ def main():
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--iters', type=int, default=5)
     parser.add_argument('--precision', choices=('32', 'bf16'), default='32')
+    parser.add_argument('--datasets', nargs='+', choices=('mnist', 'cifar10'), default=['mnist', 'cifar10'])
     args = parser.parse_args()
     context = multiprocessing.get_context('spawn')
     results = {}
-    for case in CASES:
+    cases = [case for case in CASES if case[0] in args.datasets]
+    for case in cases:
         queue = context.Queue()
         process = context.Process(target=measure, args=(case, args.device, args.batch, args.iters, args.precision, queue))
         process.start()
@@ -81,10 +84,10 @@ def main():
     print(f'device {args.device}, batch {args.batch}, {args.iters} timed steps, precision {args.precision}\n')
     print('| dataset | network | preset | parameters | images/s (fwd+bwd) | peak memory (MB) |')
     print('| --- | --- | --- | --- | --- | --- |')
-    for dataset, name, preset, _ in CASES:
+    for dataset, name, preset, _ in cases:
         speed, peak, params = results[dataset, name]
         print(f'| {dataset} | {name} | {preset} | {params / 1e6:.2f} M | {speed:.1f} | {peak:.0f} |')
-    for dataset in ('mnist', 'cifar10'):
+    for dataset in args.datasets:
         ratio = results[dataset, 'mp-unet'][0] / results[dataset, 'unet'][0]
         print(f'\n{dataset}: mp-unet / unet images/s = {ratio:.2f}', end='')
     print()

@@ -238,9 +238,12 @@ class SampleConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 4000
-    batch_size: int = 512
+    batch_size: int = 512      # the global batch, over all devices
+    batch_gpu: Optional[int] = None  # most samples per device and pass; the rest becomes gradient accumulation
     accelerator: str = 'auto'
     devices: int = 1
+    num_nodes: int = 1
+    collective_timeout: int = 1800  # seconds before a hung collective (a rank that died) fails the run
     precision: Literal['32', 'bf16-mixed', '16-mixed'] = '32'
     log_every: int = 50        # scalars to TensorBoard
     plot_every: int = 2000     # figures and sample metrics (about a second each on a CPU)
@@ -249,8 +252,10 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def validate(self):
-        _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'log_every', 'plot_every', 'ckpt_every',
-                  'max_nonfinite')
+        _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'num_nodes', 'log_every', 'plot_every',
+                  'ckpt_every', 'max_nonfinite', 'collective_timeout')
+        if self.batch_gpu is not None and not self.batch_gpu > 0:
+            raise ConfigError(f"trainer.batch_gpu: must be > 0 or null (got {self.batch_gpu})")
 
 
 @dataclass

@@ -5,6 +5,7 @@ no DataLoader work); the EMA lives outside the module tree so DDP never wraps, b
 reduces it, and travels in the checkpoint's 'cedm' entry with the config and generator states.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -21,7 +22,7 @@ from networks.mp_unet import uncertainty_weighted_loss
 from . import plots, rng
 from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkpoint
 from .cli import RunStopped
-from .config import config_to_dict
+from .config import ConfigError, config_to_dict
 from .data import build_dataset
 from .entropy import PROFILE_SCHEDULES, EntropyProfile
 from .loss import edm_loss
@@ -139,6 +140,9 @@ class EDMModule(L.LightningModule):
             self.sigma_generator.set_state(states[rank]['sigma'])
             if 'torch' in states[rank]:
                 rng.set_global_state(states[rank])
+            if 'profile_pending' in states[rank]:
+                self.profile.pending_sum.copy_(states[rank]['profile_pending'][0])
+                self.profile.pending_count.copy_(states[rank]['profile_pending'][1])
         elif states is not None:  # another number of ranks: fresh streams that do not replay the first steps
             self.data_generator = rng.generator(self.device, self.config.seed, rank, 0, self.global_step)
             self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1, self.global_step)
@@ -192,8 +196,8 @@ class EDMModule(L.LightningModule):
         alpha = self.profile.structure_fraction().to(sigma.device, sigma.dtype)
         return torch.logaddexp(alpha.log() + profile, (1 - alpha).log() + base)
 
-    def training_step(self, batch, batch_idx):
-        n = self.config.trainer.batch_size
+    def _loss_terms(self, n):
+        """A fresh batch of `n`: (σ, per-sample training loss, unweighted squared error), all [n]."""
         network = self.config.network
         if network.class_conditional:
             x0, labels = self.dataset.sample(n, generator=self.data_generator, labels=True)
@@ -207,23 +211,36 @@ class EDMModule(L.LightningModule):
             per_sample = uncertainty_weighted_loss(per_sample, self.denoiser.model.logvar(self.denoiser.c_noise(sigma)))
         if self._entropic() and self.config.noise.weighting == 'importance':
             per_sample = per_sample * (self.noise.log_density(sigma) - self.sigma_log_density(sigma)).exp()
-        loss = per_sample.mean()
-        log = self._is_log_step()
+        return sigma, per_sample, sq_err
+
+    def training_step(self, batch, batch_idx):
+        per_rank, per_pass = batch_split(self.config.trainer, self.trainer.world_size)
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        ddp = self.trainer.strategy.model
+        parts = []
+        for start in range(0, per_rank, per_pass):
+            # Under DDP only the last pass all-reduces; the others accumulate locally.
+            last = start + per_pass == per_rank
+            with contextlib.nullcontext() if last or not hasattr(ddp, 'no_sync') else ddp.no_sync():
+                sigma, per_sample, sq_err = self._loss_terms(per_pass)
+                self.manual_backward(per_sample.sum() / per_rank)
+            parts.append((sigma, per_sample.detach(), sq_err.detach()))
+        sigma, per_sample, sq_err = (torch.cat(part) for part in zip(*parts))
+        loss = per_sample.mean()
+        log = self._is_log_step()
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.denoiser.parameters() if p.grad is not None])
         # One host synchronisation per step. Under DDP the gradients are already averaged over ranks,
         # so a fault on any rank is seen by every rank and all skip the same step.
-        if not torch.isfinite(loss.detach() + grad_norm):
-            self._count_nonfinite(sigma, per_sample.detach())
+        if not torch.isfinite(loss + grad_norm):
+            self._count_nonfinite(sigma, per_sample)
             if self.trainer.precision != '16-mixed':
                 optimizer.zero_grad(set_to_none=True)
                 return  # weights, optimizer, EMA and profile stay as they were
             # 16-mixed: overflow is the GradScaler's to handle: it skips the update and lowers its scale.
         else:
             self._nonfinite_streak = []
-        self.profile.update(sigma, sq_err.detach())
+        self.profile.update(sigma, sq_err)
         self.sigma_bins.update(sigma, per_sample)
         if log:
             self.log('train/grad_norm', grad_norm)  # before clipping
@@ -314,9 +331,11 @@ class EDMModule(L.LightningModule):
         }
 
     def _gather_random_states(self):
-        """Every rank's random states (its data and σ generators, and the global ones), rank 0 first.
-        Every rank saves (Lightning dumps the checkpoint everywhere, rank 0 writes it): a collective."""
-        local = {'data': self.data_generator.get_state(), 'sigma': self.sigma_generator.get_state(), **rng.global_state()}
+        """Every rank's own state, rank 0 first: its random states (data and σ generators, and the
+        global ones) and the profile statistics it has not yet shared (summed over ranks at the next
+        refresh). Every rank saves (Lightning dumps the checkpoint everywhere, rank 0 writes it): a collective."""
+        local = {'data': self.data_generator.get_state(), 'sigma': self.sigma_generator.get_state(), **rng.global_state(),
+                 'profile_pending': torch.stack([self.profile.pending_sum, self.profile.pending_count]).cpu()}
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return [local]
         states = [None] * torch.distributed.get_world_size()
@@ -418,6 +437,19 @@ class EDMModule(L.LightningModule):
         denoiser = self.sampling_denoiser(use_ema, class_label, guidance, len(noise))
         return sampling.sample(denoiser, noise, sigmas, solver or self.config.sample.solver,
                                generator=generator, callback=callback, **options)
+
+
+def batch_split(trainer_config, world_size):
+    """(samples per rank, samples per pass): trainer.batch_size is the global batch, split over the
+    ranks and, beyond trainer.batch_gpu, into passes whose gradients accumulate (EDM's batch_gpu)."""
+    t = trainer_config
+    if t.batch_size % world_size:
+        raise ConfigError(f'trainer.batch_size: {t.batch_size} does not split over {world_size} devices')
+    per_rank = t.batch_size // world_size
+    per_pass = min(t.batch_gpu or per_rank, per_rank)
+    if per_rank % per_pass:
+        raise ConfigError(f'trainer.batch_gpu: {per_pass} does not divide the {per_rank} samples per device')
+    return per_rank, per_pass
 
 
 def learning_rate_factor(step, warmup_steps, ref_steps=None):

@@ -1,6 +1,9 @@
-"""Clean shutdown: on SIGTERM, SIGINT or SIGUSR1, finish the step, write last.ckpt, stop."""
+"""Clean shutdown: on SIGTERM, SIGINT or SIGUSR1, finish the step, write last.ckpt, stop; under SLURM,
+SIGUSR1 (the time-limit warning) also requeues the job."""
 
+import os
 import signal
+import subprocess
 import threading
 
 import lightning as L
@@ -13,12 +16,15 @@ class GracefulShutdown(L.Callback):
     SLURM pre-emption), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's `--signal=USR1@SECONDS` warning before the
     time limit), after writing `checkpoint_path` (rank 0 writes, atomically); `stopped_at` then holds the
     step and `received` the signal. A second SIGINT interrupts at once; the last checkpoint stays whole (atomic writes).
-    Under DDP a signal to any rank stops every rank at the same step."""
+    Under DDP a signal to any rank stops every rank at the same step. Under SLURM, SIGUSR1 then
+    requeues the job (`scontrol requeue`, from rank 0; `requeued` says whether it worked), so a
+    job script that trains with `--resume auto` continues where it stopped."""
 
     def __init__(self, checkpoint_path):
         self.checkpoint_path = checkpoint_path
         self.received = None
         self.stopped_at = None
+        self.requeued = None
 
     def on_train_start(self, trainer, pl_module):
         # Installed here, after Lightning's own SIGTERM handler (set when fitting starts), which would
@@ -41,3 +47,16 @@ class GracefulShutdown(L.Callback):
             trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
             trainer.should_stop = True
             self.stopped_at = trainer.global_step
+            if self.received == signal.SIGUSR1 and 'SLURM_JOB_ID' in os.environ and trainer.is_global_zero:
+                self.requeued = requeue_slurm_job()
+
+
+def requeue_slurm_job():
+    """Ask SLURM to requeue this job (array tasks included); True if scontrol accepted."""
+    job = os.environ['SLURM_JOB_ID']
+    if 'SLURM_ARRAY_JOB_ID' in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        return subprocess.run(['scontrol', 'requeue', job], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False

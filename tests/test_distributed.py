@@ -1,0 +1,104 @@
+"""Two CPU processes over gloo: Lightning's launcher and torchrun, resume, batch splitting, SLURM
+requeue, and a rank that dies. Every process runs under a timeout, so a hang fails instead of
+stalling CI."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from training.config import ConfigError, load_config
+from training.module import batch_split
+
+from .test_reliability import SMALL, _SendSignal, _with_callback, assert_same_training_state
+
+pytestmark = pytest.mark.slow
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+RUN = SMALL + ['trainer.batch_size=64', 'trainer.ckpt_every=10', 'trainer.accelerator=cpu', 'trainer.devices=2']
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+
+
+def _run(argv, timeout=300):
+    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _checkpoint(run_dir, name='last.ckpt'):
+    return torch.load(run_dir / 'checkpoints' / name, weights_only=True)
+
+
+def test_lightning_launcher_trains_two_ranks_with_their_own_streams(tmp_path):
+    result = _run([sys.executable, 'train.py', *RUN, 'trainer.max_steps=20', f'run_dir={tmp_path}'])
+    assert result.stdout.count('cedm: done at step 20') == 1  # rank 0 alone reports
+    checkpoint = _checkpoint(tmp_path)
+    ranks = checkpoint['cedm']['random']
+    assert checkpoint['global_step'] == 20 and len(ranks) == 2
+    assert not torch.equal(ranks[0]['data'], ranks[1]['data']) and not torch.equal(ranks[0]['sigma'], ranks[1]['sigma'])
+    assert checkpoint['cedm']['profile']['num_refreshes'] == 2  # steps 7 and 14
+
+
+def test_torchrun_and_resume_of_a_two_process_run_is_bit_identical(tmp_path):
+    _run([*TORCHRUN, 'train.py', *RUN, 'trainer.max_steps=20', f'run_dir={tmp_path / "a"}'])
+    _run([*TORCHRUN, 'train.py', '--resume', str(tmp_path / 'a' / 'checkpoints' / 'step-0000010.ckpt'),
+          f'run_dir={tmp_path / "b"}'])
+    a, b = _checkpoint(tmp_path / 'a'), _checkpoint(tmp_path / 'b')
+    assert a['global_step'] == 20
+    assert_same_training_state(a, b)
+
+
+def test_torchrun_needs_an_explicit_run_dir():
+    result = subprocess.run([*TORCHRUN, 'train.py', *RUN], env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert 'train.py: error: run_dir: give run_dir=PATH when launching with torchrun' in result.stderr
+
+
+def test_a_rank_that_dies_ends_the_run_instead_of_hanging(tmp_path):
+    process = subprocess.Popen([*TORCHRUN, 'train.py', *RUN, 'trainer.max_steps=100000', 'trainer.collective_timeout=30',
+                                f'run_dir={tmp_path}'], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / 'checkpoints' / 'step-0000010.ckpt').exists():
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+    workers = subprocess.run(['pgrep', '-P', str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[1]), signal.SIGKILL)
+    assert process.wait(timeout=120) != 0
+
+
+def test_global_batch_splits_over_ranks_and_passes():
+    t = load_config('configs/toy/default.yaml', ['trainer.batch_size=512', 'trainer.batch_gpu=64']).trainer
+    assert batch_split(t, 1) == (512, 64) and batch_split(t, 4) == (128, 64) and batch_split(t, 8) == (64, 64)
+    with pytest.raises(ConfigError, match='trainer.batch_size: 512 does not split over 3 devices'):
+        batch_split(t, 3)
+    t.batch_gpu = 48
+    with pytest.raises(ConfigError, match='trainer.batch_gpu: 48 does not divide the 512 samples per device'):
+        batch_split(t, 1)
+
+
+def test_gradient_accumulation_trains(tmp_path):
+    train.main(SMALL + ['trainer.batch_size=64', 'trainer.batch_gpu=16', 'trainer.max_steps=10', f'run_dir={tmp_path}'])
+    checkpoint = _checkpoint(tmp_path)
+    assert checkpoint['global_step'] == 10 and checkpoint['cedm']['ema']['step'] == 10
+
+
+def test_slurm_time_limit_signal_requeues_the_job(tmp_path, monkeypatch, capsys):
+    bin_dir, calls = tmp_path / 'bin', tmp_path / 'scontrol-calls'
+    bin_dir.mkdir()
+    (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / 'scontrol').chmod(0o755)
+    monkeypatch.setenv('PATH', f'{bin_dir}:{os.environ["PATH"]}')
+    monkeypatch.setenv('SLURM_JOB_ID', '4242')
+    build = train.build_trainer
+    monkeypatch.setattr(train, 'build_trainer',
+                        lambda config, run_dir: _with_callback(build(config, run_dir), _SendSignal(signal.SIGUSR1, 5)))
+    with pytest.raises(SystemExit) as info:
+        train.main(SMALL + ['trainer.max_steps=50', f'run_dir={tmp_path / "run"}'])
+    assert info.value.code == 128 + signal.SIGUSR1
+    assert calls.read_text().split() == ['requeue', '4242']
+    assert 'cedm: SLURM job 4242 requeued' in capsys.readouterr().err
