@@ -13,6 +13,7 @@ sample comes from its own seed (EDM's seed ranges: reproducible one by one, what
 1: conditional, default; larger: stronger guidance).
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,17 @@ def main(argv=None):
     check_sampler_args(args)
     seeds = _seeds(args)
 
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     model = load_for_sampling(args)
     _check_class(args, model)
+    if world > 1 and not (seeds and model.is_image_model):
+        raise UsageError('torchrun: several processes share out the --seeds of an image model only')
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
     num = len(seeds) if seeds else args.num or model.config.sample.num
     batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
+    # Under torchrun each process takes every world-th batch: the same batches as one process, so
+    # the same images bit for bit, with no seed twice and none missed.
+    batches = batches[rank::world]
     xs, paths = [], []
     for batch in batches:
         path = []
@@ -59,8 +66,12 @@ def main(argv=None):
 
     out.mkdir(parents=True, exist_ok=True)
     if model.is_image_model:
-        plots.save_image(plots.image_grid(x), out / 'grid.png')
-        print(f'sample: wrote {out}/grid.png' + (f' and {num} images {out}/NNNNNN.png' if seeds else ''))
+        if rank == 0:  # from its own images: the first ones, and all of them with one process
+            plots.save_image(plots.image_grid(x), out / 'grid.png')
+        written = sum(len(batch) for batch in batches) if seeds else 0
+        print(f'sample: wrote {out}/grid.png' if rank == 0 else 'sample:', end='')
+        print(f' and {written} of {num} images {out}/NNNNNN.png' + (f' (process {rank} of {world})' if world > 1 else '')
+              if seeds else '')
         return
     np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))

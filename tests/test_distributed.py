@@ -102,3 +102,19 @@ def test_slurm_time_limit_signal_requeues_the_job(tmp_path, monkeypatch, capsys)
     assert info.value.code == 128 + signal.SIGUSR1
     assert calls.read_text().split() == ['requeue', '4242']
     assert 'cedm: SLURM job 4242 requeued' in capsys.readouterr().err
+
+
+def test_torchrun_sampling_shares_out_the_seeds_and_matches_one_process(tmp_path):
+    run_dir = tmp_path / 'run'
+    train.main(['--config', 'configs/mnist/small.yaml', 'network.preset=ddpmpp-tiny', 'trainer.max_steps=2',
+                'trainer.batch_size=4', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
+                'noise.spectrum_samples=256', f'run_dir={run_dir}'])
+    ckpt = str(run_dir / 'checkpoints' / 'last.ckpt')
+    common = ['sample.py', '--ckpt', ckpt, '--seeds', '0-10', '--batch', '3', '--steps', '3', '--solver', 'euler_ancestral']
+    _run([*TORCHRUN, *common, '--out', str(tmp_path / 'two')])
+    _run([sys.executable, *common, '--out', str(tmp_path / 'one')])
+    names = sorted(p.name for p in (tmp_path / 'one').glob('0*.png'))
+    assert names == [f'{s:06d}.png' for s in range(11)]
+    assert sorted(p.name for p in (tmp_path / 'two').glob('0*.png')) == names
+    for name in names:
+        assert (tmp_path / 'one' / name).read_bytes() == (tmp_path / 'two' / name).read_bytes(), name
