@@ -23,28 +23,41 @@ from training.data import build_dataset
 
 @main_guard
 def main(argv=None):
-    from training import fidelity  # torch-fidelity is needed here only
-
     parser = Parser(description='FID and friends of generated images against the training images.')
     parser.add_argument('--images', required=True, help='folder of generated PNGs')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--ckpt', help="checkpoint whose data section gives the reference images")
     source.add_argument('--config', help='YAML config whose data section gives the reference images')
-    parser.add_argument('--metrics', default='fid,kid', help='comma-separated: fid, kid, isc, prc (default fid,kid)')
-    parser.add_argument('--features', choices=('inception', 'classifier'), default='inception')
-    parser.add_argument('--fid-weights', help="Inception weights file (default: torch-fidelity's cache)")
-    parser.add_argument('--classifier', help='digit classifier file (default: trained once into --cache-dir)')
-    parser.add_argument('--num-reference', type=int, help='use the first N training images (default all)')
-    parser.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'cedm'),
-                        help='reference statistics and the classifier (default ~/.cache/cedm)')
-    parser.add_argument('--json', help='also write the results to this JSON file')
+    add_metric_args(parser)
     parser.add_argument('--device', default='cpu', help="cpu or cuda (default cpu)")
     args = parser.parse_args(argv)
     if not Path(args.images).is_dir():
         raise UsageError(f'--images: {args.images}: no such folder')
+    check_metric_args(args)
+    compute(args, args.images, read_checkpoint(args.ckpt)[1] if args.ckpt else load_config(args.config), args.device)
+
+
+def add_metric_args(parser):
+    """The metric flags, shared with `sample.py --fid`."""
+    parser.add_argument('--metrics', default='fid,kid', help='comma-separated: fid, kid, isc, prc (default fid,kid)')
+    parser.add_argument('--features', choices=('inception', 'classifier'), default='inception')
+    parser.add_argument('--fid-weights', help="Inception weights file (default: torch-fidelity's cache)")
+    parser.add_argument('--classifier', help='digit classifier file (default: trained once into --cache-dir)')
+    parser.add_argument('--num-reference', type=int, help='a fixed random subset of N training images (default all)')
+    parser.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'cedm'),
+                        help='reference statistics and the classifier (default ~/.cache/cedm)')
+    parser.add_argument('--json', help='also write the results to this JSON file')
+
+
+def check_metric_args(args):
     if args.num_reference is not None and args.num_reference < 2:
         raise UsageError(f'--num-reference: must be >= 2 (got {args.num_reference})')
-    config = read_checkpoint(args.ckpt)[1] if args.ckpt else load_config(args.config)
+
+
+def compute(args, images, config, device):
+    """Print (and with --json write) the metrics of the PNGs in `images` against `config`'s training images."""
+    from training import fidelity  # torch-fidelity is needed here only
+
     data = build_dataset(config.data)
     if len(getattr(data, 'shape', ())) != 3:
         raise UsageError(f"data.name '{config.data.name}': not image data")
@@ -60,9 +73,9 @@ def main(argv=None):
             accuracy = fidelity.train_classifier(data, weights)
             print(f'fid: trained the digit classifier on {data.name}: held-out accuracy {accuracy:.3f}; saved {weights}')
     try:
-        result = fidelity.image_metrics(args.images, data, metrics=[m.strip() for m in args.metrics.split(',')],
+        result = fidelity.image_metrics(images, data, metrics=[m.strip() for m in args.metrics.split(',')],
                                         features=args.features, weights=weights, cache_root=args.cache_dir,
-                                        num_reference=args.num_reference, cuda=args.device.startswith('cuda'))
+                                        num_reference=args.num_reference, cuda=str(device).startswith('cuda'))
     except fidelity.FidelityError as e:
         raise UsageError(str(e)) from None
     for name, value in result.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import fid
 import sampling
 from training import plots
 from training.cli import (Parser, UsageError, add_sampler_args, check_sampler_args, load_for_sampling, main_guard,
@@ -35,9 +36,14 @@ def main(argv=None):
     parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
     parser.add_argument('--class', dest='class_label', type=int, help='class to draw (class-conditional models)')
     parser.add_argument('--guidance', type=float, default=1.0, help='classifier-free guidance weight (default 1)')
+    parser.add_argument('--fid', action='store_true', help='with --seeds on images: then compute the metrics (fid.py flags below)')
+    fid.add_metric_args(parser)
     args = parser.parse_args(argv)
     check_sampler_args(args)
+    fid.check_metric_args(args)
     seeds = _seeds(args)
+    if args.fid and not seeds:
+        raise UsageError('--fid: needs --seeds (the metrics read one PNG per seed)')
 
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     model = load_for_sampling(args)
@@ -72,6 +78,13 @@ def main(argv=None):
         print(f'sample: wrote {out}/grid.png' if rank == 0 else 'sample:', end='')
         print(f' and {written} of {num} images {out}/NNNNNN.png' + (f' (process {rank} of {world})' if world > 1 else '')
               if seeds else '')
+        if args.fid:
+            if world > 1:  # every process's images are written before rank 0 reads them all
+                torch.distributed.init_process_group('gloo')
+                torch.distributed.barrier()
+                torch.distributed.destroy_process_group()
+            if rank == 0:
+                fid.compute(args, out, model.config, model.device)
         return
     np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))

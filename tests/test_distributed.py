@@ -111,7 +111,11 @@ def test_torchrun_sampling_shares_out_the_seeds_and_matches_one_process(tmp_path
                 'noise.spectrum_samples=256', f'run_dir={run_dir}'])
     ckpt = str(run_dir / 'checkpoints' / 'last.ckpt')
     common = ['sample.py', '--ckpt', ckpt, '--seeds', '0-10', '--batch', '3', '--steps', '3', '--solver', 'euler_ancestral']
-    _run([*TORCHRUN, *common, '--out', str(tmp_path / 'two')])
+    classifier = ['--fid', '--features', 'classifier', '--cache-dir', str(tmp_path / 'cache'), '--num-reference', '100',
+                  '--metrics', 'fid', '--json', str(tmp_path / 'fid.json')]
+    result = _run([*TORCHRUN, *common, '--out', str(tmp_path / 'two'), *classifier], timeout=600)
+    assert result.stdout.count('frechet_inception_distance') == 1  # rank 0 alone, over all 11 images
+    assert 'frechet_inception_distance' in (tmp_path / 'fid.json').read_text()
     _run([sys.executable, *common, '--out', str(tmp_path / 'one')])
     names = sorted(p.name for p in (tmp_path / 'one').glob('0*.png'))
     assert names == [f'{s:06d}.png' for s in range(11)]
