@@ -23,8 +23,8 @@ RUN = SMALL + ['trainer.batch_size=64', 'trainer.ckpt_every=10', 'trainer.accele
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
 
 
-def _run(argv, timeout=300):
-    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=timeout)
+def _run(argv, timeout=300, env=None):
+    result = subprocess.run(argv, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -41,6 +41,17 @@ def test_lightning_launcher_trains_two_ranks_with_their_own_streams(tmp_path):
     assert checkpoint['global_step'] == 20 and len(ranks) == 2
     assert not torch.equal(ranks[0]['data'], ranks[1]['data']) and not torch.equal(ranks[0]['sigma'], ranks[1]['sigma'])
     assert checkpoint['cedm']['profile']['num_refreshes'] == 2  # steps 7 and 14
+
+
+def test_ranks_agree_on_weights_ema_and_profile_and_draw_their_own_noise(tmp_path):
+    _run([*TORCHRUN, 'tests/ddp_probe.py', *RUN, 'trainer.max_steps=20', f'run_dir={tmp_path / "run"}'],
+         env={'CEDM_PROBE_DIR': str(tmp_path)})
+    ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
+    for key in ('weights', 'ema', 'profile'):
+        for name, value in ranks[0][key].items():
+            assert torch.equal(value, ranks[1][key][name]) if torch.is_tensor(value) else value == ranks[1][key][name], (key, name)
+    assert ranks[0]['profile']['num_refreshes'] == 2 and ranks[0]['ema']['step'] == 20
+    assert not torch.equal(ranks[0]['data'], ranks[1]['data']) and not torch.equal(ranks[0]['sigma'], ranks[1]['sigma'])
 
 
 def test_torchrun_and_resume_of_a_two_process_run_is_bit_identical(tmp_path):

@@ -186,12 +186,12 @@ class EntropyProfile(torch.nn.Module):
         # Dropped samples go to an extra bin past the end that is cut off: no data-dependent shapes.
         index = position.nan_to_num(0.0).clamp(0, self.num_bins - 1).long()
         index = torch.where(finite & on_grid, index, self.num_bins)
-        scratch = torch.zeros(2, self.num_bins + 1, dtype=torch.float64, device=device)
-        scratch[0].index_add_(0, index, torch.where(finite, sq_err, 0.0))
-        scratch[1].index_add_(0, index, torch.ones_like(sq_err))
-        self.pending_sum += scratch[0, :-1]
-        self.pending_count += scratch[1, :-1]
-        self.num_dropped += (~finite).sum()
+        values = torch.stack([torch.where(finite, sq_err, 0.0), torch.ones_like(sq_err)], 1)
+        scratch = torch.zeros(self.num_bins + 1, 2, dtype=torch.float64, device=device).index_add_(0, index, values)
+        # In place: `+=` on a buffer would go through nn.Module.__setattr__, a cost on every step.
+        self.pending_sum.add_(scratch[:-1, 0])
+        self.pending_count.add_(scratch[:-1, 1])
+        self.num_dropped.add_((~finite).sum())
 
     @torch.no_grad()
     def refresh(self):

@@ -45,21 +45,21 @@ class SigmaBins:
     """Running per-bin means of the training loss over log σ, for the loss-against-σ figure."""
 
     def __init__(self, sigma_min=1e-3, sigma_max=1e2, num_bins=25):
-        self.edges = torch.logspace(math.log10(sigma_min), math.log10(sigma_max), num_bins + 1)
-        self.sums = torch.zeros(num_bins, dtype=torch.float64)
-        self.counts = torch.zeros(num_bins, dtype=torch.float64)
+        self.log_sigma_min, self.num_bins = math.log(sigma_min), num_bins
+        self.bin_width = (math.log(sigma_max) - self.log_sigma_min) / num_bins
+        self.stats = torch.zeros(num_bins, 2, dtype=torch.float64)  # loss sums and counts
 
     def update(self, sigma, loss):
-        self.sums, self.counts = self.sums.to(sigma.device), self.counts.to(sigma.device)
-        index = torch.bucketize(sigma.detach(), self.edges.to(sigma.device)).sub(1).clamp(0, len(self.sums) - 1)
-        self.sums.index_add_(0, index, loss.detach().double())
-        self.counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        self.stats = self.stats.to(sigma.device)
+        index = ((sigma.detach().log() - self.log_sigma_min) / self.bin_width).nan_to_num(0.0).clamp(0, self.num_bins - 1)
+        values = torch.stack([loss.detach().double(), torch.ones_like(loss, dtype=torch.float64)], 1)
+        self.stats.index_add_(0, index.long(), values)
 
     def pop(self):
         """(bin centres, mean loss per bin with NaN where empty); resets the sums."""
-        centres = (self.edges[1:] * self.edges[:-1]).sqrt()
-        means = (self.sums / self.counts).cpu()
-        self.sums.zero_(), self.counts.zero_()
+        centres = torch.exp(self.log_sigma_min + self.bin_width * (torch.arange(self.num_bins) + 0.5))
+        means = (self.stats[:, 0] / self.stats[:, 1]).cpu()
+        self.stats.zero_()
         return centres, means
 
 
