@@ -37,7 +37,7 @@ def test_lightning_launcher_trains_two_ranks_with_their_own_streams(tmp_path):
     result = _run([sys.executable, 'train.py', *RUN, 'trainer.max_steps=20', f'run_dir={tmp_path}'])
     assert result.stdout.count('cedm: done at step 20') == 1  # rank 0 alone reports
     checkpoint = _checkpoint(tmp_path)
-    ranks = checkpoint['cedm']['random']
+    ranks = checkpoint['cedm']['ranks']
     assert checkpoint['global_step'] == 20 and len(ranks) == 2
     assert not torch.equal(ranks[0]['data'], ranks[1]['data']) and not torch.equal(ranks[0]['sigma'], ranks[1]['sigma'])
     assert checkpoint['cedm']['profile']['num_refreshes'] == 2  # steps 7 and 14

@@ -32,7 +32,7 @@ def assert_same_training_state(a, b):
     assert a['global_step'] == b['global_step']
     for key in ('state_dict', 'optimizer_states', 'lr_schedulers'):
         _assert_equal(a[key], b[key], key)
-    for key in ('ema', 'profile', 'random', 'nonfinite_steps'):
+    for key in ('ema', 'profile', 'ranks', 'nonfinite_steps'):
         _assert_equal(a['cedm'][key], b['cedm'][key], key)
 
 
@@ -67,7 +67,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert_same_training_state(a, b)
     # The counters that make it so are in the checkpoint and have moved.
     assert a['cedm']['ema']['step'] == 40 and a['cedm']['profile']['num_refreshes'] == 5
-    assert not torch.equal(a['cedm']['random'][0]['data'], _checkpoint(tmp_path / 'a', 'step-0000020.ckpt')['cedm']['random'][0]['data'])
+    assert not torch.equal(a['cedm']['ranks'][0]['data'], _checkpoint(tmp_path / 'a', 'step-0000020.ckpt')['cedm']['ranks'][0]['data'])
 
 
 def test_global_random_states_round_trip_through_a_checkpoint(tmp_path):

@@ -99,7 +99,7 @@ class EDMModule(L.LightningModule):
         self.profile.set_spectrum(covariance_spectrum(
             lambda k: self.dataset.sample(k, generator=spectrum_generator), n.spectrum_samples))
         self.sigma_bins = SigmaBins()
-        self._random_states = None  # per rank, from a checkpoint being resumed
+        self._rank_states = None  # per rank, from a checkpoint being resumed
         self.nonfinite_steps = 0    # skipped for a non-finite loss or gradient, over the whole run
         self._nonfinite_streak = []  # σ of the offending samples of each batch since the last good step
         # Manual optimisation: one optimizer step per batch needs none of Lightning's closure
@@ -132,7 +132,7 @@ class EDMModule(L.LightningModule):
             for path in self.posthoc_folder.glob('*.pt'):  # from beyond the checkpoint resumed (or a former run)
                 if int(path.stem.split('.')[1]) > self.global_step:
                     path.unlink()
-        rank, states = self.global_rank, self._random_states
+        rank, states = self.global_rank, self._rank_states
         self.data_generator = rng.generator(self.device, self.config.seed, rank, 0)
         self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1)
         if states is not None and len(states) == self.trainer.world_size:  # continue every rank's streams
@@ -325,12 +325,12 @@ class EDMModule(L.LightningModule):
             'config': config_to_dict(self.config),
             'ema': self.ema.state_dict(),
             'posthoc_ema': None if self.posthoc_ema is None else self.posthoc_ema.state_dict(),
-            'random': self._gather_random_states(),
+            'ranks': self._gather_rank_states(),
             'profile': self.profile.state_dict(),
             'nonfinite_steps': self.nonfinite_steps,
         }
 
-    def _gather_random_states(self):
+    def _gather_rank_states(self):
         """Every rank's own state, rank 0 first: its random states (data and σ generators, and the
         global ones) and the profile statistics it has not yet shared (summed over ranks at the next
         refresh). Every rank saves (Lightning dumps the checkpoint everywhere, rank 0 writes it): a collective."""
@@ -348,8 +348,8 @@ class EDMModule(L.LightningModule):
         if self.posthoc_ema is not None:
             self.posthoc_ema.load_state_dict(meta['posthoc_ema'])
         self.profile.load_state_dict(meta['profile'])
-        # Checkpoints written before the global random states were kept hold the generators only.
-        self._random_states = meta['random'] if 'random' in meta else [meta['generators']]
+        # Checkpoints written before the ranks' own states were kept hold rank 0's generators only.
+        self._rank_states = meta['ranks'] if 'ranks' in meta else [meta['generators']]
         self.nonfinite_steps = meta.get('nonfinite_steps', 0)
 
     # ------------------------------------------------------------------ sampling
