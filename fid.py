@@ -34,7 +34,8 @@ def main(argv=None):
     if not Path(args.images).is_dir():
         raise UsageError(f'--images: {args.images}: no such folder')
     check_metric_args(args)
-    compute(args, args.images, read_checkpoint(args.ckpt)[1] if args.ckpt else load_config(args.config), args.device)
+    config = read_checkpoint(args.ckpt)[1] if args.ckpt else load_config(args.config)
+    compute(args, args.images, build_dataset(config.data), args.device)
 
 
 def add_metric_args(parser):
@@ -54,18 +55,18 @@ def check_metric_args(args):
         raise UsageError(f'--num-reference: must be >= 2 (got {args.num_reference})')
 
 
-def compute(args, images, config, device):
-    """Print (and with --json write) the metrics of the PNGs in `images` against `config`'s training images."""
+def compute(args, images, data, device):
+    """Print (and with --json write) the metrics of the PNGs in `images` against the training images
+    of `data` (a dataset of `training.data.build_dataset`)."""
     from training import fidelity  # torch-fidelity is needed here only
 
-    data = build_dataset(config.data)
-    if len(getattr(data, 'shape', ())) != 3:
-        raise UsageError(f"data.name '{config.data.name}': not image data")
+    if len(data.shape) != 3:
+        raise UsageError(f"data.name '{data.name}': not image data")
 
     weights = args.fid_weights
     if args.features == 'classifier':
-        if not config.data.name.startswith('mnist'):
-            raise UsageError(f"--features classifier: digits only (data.name is '{config.data.name}')")
+        if not data.name.startswith('mnist'):
+            raise UsageError(f"--features classifier: digits only (data.name is '{data.name}')")
         weights = Path(args.classifier or Path(args.cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt')
         if not weights.is_file():
             if args.classifier:

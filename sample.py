@@ -47,7 +47,10 @@ def main(argv=None):
 
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     model = load_for_sampling(args)
-    _check_class(args, model)
+    try:
+        model.check_class_label(args.class_label)
+    except ValueError as e:
+        raise UsageError(f'--class: {e}') from None
     if world > 1 and not (seeds and model.is_image_model):
         raise UsageError('torchrun: several processes share out the --seeds of an image model only')
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
@@ -84,7 +87,7 @@ def main(argv=None):
                 torch.distributed.barrier()
                 torch.distributed.destroy_process_group()
             if rank == 0:
-                fid.compute(args, out, model.config, model.device)
+                fid.compute(args, out, model.dataset, model.device)
         return
     np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))
@@ -96,15 +99,6 @@ def main(argv=None):
         plots.save(plots.trajectories_figure(trajectories, reference), out / 'trajectories.png')
     print(f'sample: wrote {num} samples to {out}/samples.npz and {out}/samples.png'
           + (' and trajectories.png' if args.trajectories else ''))
-
-
-def _check_class(args, model):
-    if args.class_label is None:
-        return
-    if not model.config.network.class_conditional:
-        raise UsageError(f'--class: {args.ckpt} is not class-conditional (network.class_conditional: false)')
-    if not 0 <= args.class_label < model.dataset.num_classes:
-        raise UsageError(f'--class: must be in 0..{model.dataset.num_classes - 1} (got {args.class_label})')
 
 
 def _seeds(args):

@@ -373,17 +373,22 @@ class EDMModule(L.LightningModule):
         network, conditioned on `class_label` (an int, or None: unconditional) and guided with weight
         `guidance` (0: unconditional, 1: conditional; `sampling.guided`) for batches of `n`."""
         denoiser = self.ema.ema_model if use_ema else self.denoiser
+        self.check_class_label(class_label)
         if not self.config.network.class_conditional:
-            if class_label is not None:
-                raise ValueError('class_label: this model is not class-conditional (network.class_conditional: false)')
             return denoiser
-        num_classes = self.dataset.num_classes
-        labels = torch.zeros(n, num_classes, device=self.device)
+        labels = torch.zeros(n, self.dataset.num_classes, device=self.device)
         if class_label is not None:
-            if not 0 <= class_label < num_classes:
-                raise ValueError(f'class_label: must be in 0..{num_classes - 1} (got {class_label})')
             labels[:, class_label] = 1
         return sampling.guided(denoiser, labels, guidance if class_label is not None else 0.0)
+
+    def check_class_label(self, class_label):
+        """ValueError unless `class_label` is None or a class of this class-conditional model."""
+        if class_label is None:
+            return
+        if not self.config.network.class_conditional:
+            raise ValueError('this model is not class-conditional (network.class_conditional: false)')
+        if not 0 <= class_label < self.dataset.num_classes:
+            raise ValueError(f'must be in 0..{self.dataset.num_classes - 1} (got {class_label})')
 
     def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
         """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config."""
