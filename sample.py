@@ -2,7 +2,7 @@
 
     python sample.py --ckpt RUN/checkpoints/last.ckpt [--num N | --seeds 0-999 [--batch B]] [--steps 18]
                      [--solver heun] [--schedule karras] [--seed S] [--no-ema] [--out DIR] [--trajectories]
-                     [--class K [--guidance W]]
+                     [--class K|K1,K2,...|0-9 [--guidance W]]
 
 Points (toy data): writes DIR/samples.npz (array `x`, [N, 2], and with --seeds the array `seeds`)
 and DIR/samples.png (the samples over ground-truth points); --trajectories adds DIR/trajectories.png.
@@ -10,7 +10,8 @@ Images: writes DIR/grid.png (the first 64) and, with --seeds, one DIR/<seed>.png
 digits, e.g. 000042.png), written batch by batch. DIR defaults to RUN/samples. With --seeds each
 sample comes from its own seed (EDM's seed ranges: reproducible one by one, whatever --batch).
 --class K draws class K from a class-conditional model, guided with weight W (0: unconditional,
-1: conditional, default; larger: stronger guidance).
+1: conditional, default; larger: stronger guidance). Several classes (`--class 0-9`) write DIR/grid.png
+with one row of --num images per class, the same initial noise in every row.
 """
 
 import os
@@ -34,7 +35,8 @@ def main(argv=None):
     parser.add_argument('--trajectories', action='store_true', help='also plot denoising trajectories')
     parser.add_argument('--seeds', help="one sample per seed: '0-999', '1,5,10-19' (instead of --num and --seed)")
     parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
-    parser.add_argument('--class', dest='class_label', type=int, help='class to draw (class-conditional models)')
+    parser.add_argument('--class', dest='class_label', help="class to draw (class-conditional models); several, "
+                        "e.g. '0-9': a grid with one row per class")
     parser.add_argument('--guidance', type=float, default=1.0, help='classifier-free guidance weight (default 1)')
     parser.add_argument('--fid', action='store_true', help='with --seeds on images: then compute the metrics (fid.py flags below)')
     fid.add_metric_args(parser)
@@ -46,15 +48,20 @@ def main(argv=None):
         raise UsageError('--fid: needs --seeds (the metrics read one PNG per seed)')
 
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    classes = _classes(args)
     model = load_for_sampling(args)
     try:
-        model.check_class_label(args.class_label)
+        for class_label in classes:
+            model.check_class_label(class_label)
     except ValueError as e:
         raise UsageError(f'--class: {e}') from None
+    args.class_label = classes[0] if classes else None
     if world > 1 and not (seeds and model.is_image_model):
         raise UsageError('torchrun: several processes share out the --seeds of an image model only')
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
     num = len(seeds) if seeds else args.num or model.config.sample.num
+    if len(classes) > 1:
+        return class_grid(args, model, classes, num, out)
     batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
     # Under torchrun each process takes every world-th batch: the same batches as one process, so
     # the same images bit for bit, with no seed twice and none missed.
@@ -99,6 +106,25 @@ def main(argv=None):
         plots.save(plots.trajectories_figure(trajectories, reference), out / 'trajectories.png')
     print(f'sample: wrote {num} samples to {out}/samples.npz and {out}/samples.png'
           + (' and trajectories.png' if args.trajectories else ''))
+
+
+def class_grid(args, model, classes, num, out):
+    """DIR/grid.png: a row of `num` images per class, every row from the same initial noise."""
+    if not model.is_image_model or args.seeds is not None:
+        raise UsageError('--class with several classes: a grid of image samples, without --seeds')
+    rows = [model.sample(num, class_label=k, guidance=args.guidance, **sample_kwargs(args)).cpu() for k in classes]
+    plots.save_image(plots.image_grid(torch.cat(rows), nrow=num), out / 'grid.png')
+    print(f'sample: wrote {out}/grid.png ({len(classes)} classes × {num})')
+
+
+def _classes(args):
+    """The --class list (empty without --class), parsed like --seeds."""
+    if args.class_label is None:
+        return []
+    try:
+        return sampling.parse_seeds(args.class_label)
+    except ValueError as e:
+        raise UsageError(f'--class: {e}') from None
 
 
 def _seeds(args):

@@ -1,19 +1,22 @@
-"""Training σ distributions compared on toy data: quality against steps, and the speed-up.
+"""Training σ distributions compared on toy data and MNIST: quality against steps, and the speed-up.
 
-    python benchmarks/entropic_training.py [--datasets ring tree moons swissroll] [--seeds 0 1 2]
+    python benchmarks/entropic_training.py [--datasets ring tree moons swissroll mnist] [--seeds 0 1 2]
         [--steps 10000] [--evals 1000 2000 4000 6000 8000 10000] [--workers 2] [--out DIR] [--summarise-only]
 
 Every run is `train.py`'s own Lightning loop (the same model, batch, optimizer, EMA) with one
-σ distribution; runs differ only in `noise.*`. At each evaluation step the EMA model draws 4000
-samples with the 18-step Heun sampler; quality is the exact-NLL gap (mean −log p of the samples
-minus the data's entropy, nats; 0 is perfect) for mixtures, and the sliced Wasserstein distance.
+σ distribution; runs differ only in `noise.*`. At each evaluation step the EMA model draws samples
+with the 18-step Heun sampler. Toy data: 4000 samples; quality is the exact-NLL gap (mean −log p of
+the samples minus the data's entropy, nats; 0 is perfect), and the sliced Wasserstein distance.
+MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits): 1000 samples, 100 of each class
+(conditional, guidance 1); quality is the Fréchet distance in the features of the project's digit
+classifier (`fid.py --features classifier`; trained once and cached) against all 5,000 digits.
 Speed-up of a distribution = steps lognormal needs to first reach its final quality ÷ steps the
 distribution needs for the same (mean over seeds, linear interpolation between evaluations;
 'not reached' when it never gets there), and the same paired by seed (each seed's run against
 lognormal's run with that seed). Variants: the fixed distributions, the entropic profile's
 densities (entropic, gated, rescaled, importance-weighted), the structure density estimated
-online ('structure') and from the exact denoiser of the data's mixture, fixed from step 0
-('structure-oracle'). Each run's result is cached in DIR/runs/*.json, so an
+online ('structure') and, on the toy mixtures, from the exact denoiser of the data's mixture, fixed
+from step 0 ('structure-oracle'). Each run's result is cached in DIR/runs/*.json, so an
 interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise.
 """
 
@@ -42,15 +45,45 @@ VARIANTS = {
 }
 
 
-def run_one(dataset, variant, seed, steps, evals, out):
-    """Train one configuration; returns {'step': [...], 'gap': [...], 'swd': [...], 'sigma_q': [...]}."""
+CONFIGS = {'ring': 'configs/toy/default.yaml', 'mnist': 'configs/mnist/fast.yaml'}  # else configs/toy/<name>.yaml
+IMAGES = {'mnist'}
+SAMPLES_PER_CLASS = 100  # MNIST: 1000 samples per evaluation
+QUALITY = {'gap': 'exact-NLL gap (nats)', 'fd': 'classifier Fréchet distance'}
+
+
+def classifier_path(data):
+    """The cached digit classifier of fid.py (`--features classifier`), trained here if missing."""
+    from training import fidelity
+
+    path = Path.home() / '.cache' / 'cedm' / f'classifier-{data.name}-{data.shape[-1]}px.pt'
+    if not path.is_file():
+        print(f'training the digit classifier: held-out accuracy {fidelity.train_classifier(data, path):.3f}', flush=True)
+    return path
+
+
+def classifier_frechet(module, classifier, reference, seed):
+    """Fréchet distance, in the classifier's features, between SAMPLES_PER_CLASS samples of each class
+    (conditional, guidance 1) and `reference` (the features of the training digits)."""
+    import torch
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    x = torch.cat([module.sample(SAMPLES_PER_CLASS, seed=seed + 1000 * k, class_label=k) for k in range(module.dataset.num_classes)])
+    with torch.no_grad():
+        features = classifier.features(x.clamp(-1, 1).cpu())
+    return fid_statistics_to_metric(fid_features_to_statistics(features), fid_features_to_statistics(reference),
+                                    verbose=False)['frechet_inception_distance']
+
+
+def run_one(dataset, variant, seed, steps, evals, out, threads=1):
+    """Train one configuration; returns {'step': [...], 'gap' or 'fd': [...], ('swd': [...],) 'sigma_q10_50_90': [...]}."""
     import lightning as L
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     import train
     from training.config import load_config
     from training.entropy import EntropyProfile
+    from training.fidelity import DigitClassifier
     from training.metrics import mixture_nll, sliced_wasserstein
     from training.module import EDMModule
 
@@ -60,30 +93,41 @@ def run_one(dataset, variant, seed, steps, evals, out):
 
     class Evaluate(L.Callback):
         def __init__(self):
-            self.result = {'step': [], 'gap': [], 'swd': [], 'sigma_q10_50_90': []}
+            self.result = {'step': [], 'sigma_q10_50_90': []}
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step not in evals:
                 return
             gen = torch.Generator().manual_seed(1234)
-            x = module.sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
-            mixture = module.dataset.mixture
-            reference = mixture.sample(4000, generator=gen)
-            entropy = -mixture.log_prob(mixture.sample(100000, generator=gen).double()).mean().item()
+            if dataset in IMAGES:
+                quality = {'fd': classifier_frechet(module, classifier, reference, seed)}
+            else:
+                x = module.sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
+                mixture = module.dataset.mixture
+                reference_x = mixture.sample(4000, generator=gen)
+                entropy = -mixture.log_prob(mixture.sample(100000, generator=gen).double()).mean().item()
+                quality = {'gap': mixture_nll(mixture, x) - entropy,
+                           'swd': sliced_wasserstein(x, reference_x, generator=gen)}
             module.sigma_generator, training_stream = gen, module.sigma_generator  # left untouched
             sigma = module.draw_sigma(20000)
             module.sigma_generator = training_stream
             self.result['step'].append(trainer.global_step)
-            self.result['gap'].append(mixture_nll(mixture, x) - entropy)
-            self.result['swd'].append(sliced_wasserstein(x, reference, generator=gen))
+            for key, value in quality.items():
+                self.result.setdefault(key, []).append(value)
             self.result['sigma_q10_50_90'].append(torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9])).tolist())
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(f'configs/toy/{"default" if dataset == "ring" else dataset}.yaml', VARIANTS[variant] + [
+        config = load_config(CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml'), VARIANTS[variant] + [
             f'seed={seed}', f'trainer.max_steps={steps}', f'run_dir={tmp}', 'trainer.progress_bar=false',
             f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={10 * steps}', 'trainer.log_every=500'])
         torch.manual_seed(seed)
         model = EDMModule(config)
+        if dataset in IMAGES:
+            classifier = DigitClassifier()
+            classifier.load_state_dict(torch.load(classifier_path(model.dataset), weights_only=True)['state_dict'])
+            classifier.eval()
+            with torch.no_grad():
+                reference = classifier.features(model.dataset.images.cpu().float() / 127.5 - 1)
         if variant.endswith('-oracle'):
             mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
             model.profile.load_state_dict(EntropyProfile.from_denoiser(
@@ -98,7 +142,8 @@ def run_one(dataset, variant, seed, steps, evals, out):
         raise RuntimeError(f'{dataset} {variant} seed {seed}: stopped at step {trainer.global_step} of {steps}')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(evaluate.result))
-    print(f'{dataset:10s} {variant:20s} seed {seed}: gap {evaluate.result["gap"]}', flush=True)
+    key = 'fd' if dataset in IMAGES else 'gap'
+    print(f'{dataset:10s} {variant:20s} seed {seed}: {key} {evaluate.result[key]}', flush=True)
     return evaluate.result
 
 
@@ -116,30 +161,30 @@ def steps_to_reach(steps, quality, target):
 def summarise(results, datasets, variants, seeds_by_dataset, out):
     import numpy as np
 
-    lines = ['| dataset | σ distribution | gap at each eval step (mean ± std over seeds, nats) | final SWD | σ q10/q50/q90 (final) | speed-up vs lognormal | paired, per seed |',
+    lines = ['| dataset | σ distribution | quality at each eval step (mean ± std over seeds; lower is better) | final SWD | σ q10/q50/q90 (final) | speed-up vs lognormal | paired, per seed |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     curves = {}
     for d in datasets:
-        seeds = seeds_by_dataset[d]
-        base = np.mean([results[d, 'lognormal', s]['gap'] for s in seeds], axis=0)
+        seeds, key = seeds_by_dataset[d], 'fd' if d in IMAGES else 'gap'
+        base = np.mean([results[d, 'lognormal', s][key] for s in seeds], axis=0)
         steps = results[d, 'lognormal', seeds[0]]['step']
         for v in variants:
-            gaps = np.array([results[d, v, s]['gap'] for s in seeds])
-            mean = gaps.mean(0)
+            quality = np.array([results[d, v, s][key] for s in seeds])
+            mean = quality.mean(0)
             curves[d, v] = (steps, mean)
             reach = steps_to_reach(steps, list(mean), base[-1])
             speedup = 'not reached' if reach is None else f'{steps_to_reach(steps, list(base), base[-1]) / reach:.2f}×'
             paired = []
             for s in seeds:
                 # Lognormal's own first arrival at its final quality: it can plateau before the last step.
-                target = results[d, 'lognormal', s]['gap']
-                r = steps_to_reach(steps, results[d, v, s]['gap'], target[-1])
+                target = results[d, 'lognormal', s][key]
+                r = steps_to_reach(steps, results[d, v, s][key], target[-1])
                 paired.append('–' if r is None else f'{steps_to_reach(steps, target, target[-1]) / r:.2f}')
             paired = ', '.join(paired)
-            swd = np.mean([results[d, v, s]['swd'][-1] for s in seeds])
+            swd = f"{np.mean([results[d, v, s]['swd'][-1] for s in seeds]):.4f}" if key == 'gap' else '–'
             q = np.mean([results[d, v, s]['sigma_q10_50_90'][-1] for s in seeds], axis=0)
-            cells = ' / '.join(f'{m:.2f}±{sd:.2f}' for m, sd in zip(mean, gaps.std(0)))
-            lines.append(f'| {d} ({len(seeds)} seeds) | {v} | {cells} | {swd:.4f} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} | {paired} |')
+            cells = ' / '.join(f'{m:.2f}±{sd:.2f}' for m, sd in zip(mean, quality.std(0)))
+            lines.append(f'| {d} ({len(seeds)} seeds, {QUALITY[key]}) | {v} | {cells} | {swd} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} | {paired} |')
     header = f"evaluation steps: {steps}; seeds per dataset: {seeds_by_dataset}\n\n"
     (out / 'results.md').write_text(header + '\n'.join(lines) + '\n')
     print(header + '\n'.join(lines))
@@ -151,7 +196,7 @@ def summarise(results, datasets, variants, seeds_by_dataset, out):
     for ax, d in zip(np.atleast_1d(axes), datasets):
         for v in variants:
             ax.plot(*curves[d, v], 'o-', label=v, markersize=3)
-        ax.set(title=d, xlabel='training steps', ylabel='exact-NLL gap (nats)', yscale='log')
+        ax.set(title=d, xlabel='training steps', ylabel=QUALITY['fd' if d in IMAGES else 'gap'], yscale='log')
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
@@ -160,7 +205,8 @@ def summarise(results, datasets, variants, seeds_by_dataset, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
-    parser.add_argument('--datasets', nargs='+', default=['ring', 'tree', 'moons', 'swissroll'])
+    parser.add_argument('--datasets', nargs='+', default=['ring', 'tree', 'moons', 'swissroll'],
+                        choices=['ring', 'tree', 'moons', 'swissroll', 'gmm', 'mnist'])
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--steps', type=int, default=10000)
@@ -171,6 +217,8 @@ def main():
     args = parser.parse_args()
     if 'lognormal' not in args.variants:
         parser.error('--variants must include lognormal (the baseline)')
+    if set(args.datasets) & IMAGES and any(v.endswith('-oracle') for v in args.variants):
+        parser.error('--variants: the oracle variants need an exact mixture (toy data only)')
     out = Path(args.out)
     if args.summarise_only:  # from the cached runs, over the seeds every dataset and variant has
         cached = lambda d, v, s: out / 'runs' / f'{d}-{v}-{s}.json'
@@ -179,8 +227,13 @@ def main():
                    for d in args.datasets for s in seeds[d] for v in args.variants}
         return summarise(results, args.datasets, args.variants, seeds, out)
     jobs = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants]
+    if set(args.datasets) & IMAGES:  # once, before the workers would race to train it
+        from training.data import build_dataset
+        from training.config import load_config
+        classifier_path(build_dataset(load_config(CONFIGS['mnist']).data))
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = {job: pool.submit(run_one, *job, args.steps, set(args.evals), out) for job in jobs}
+        futures = {job: pool.submit(run_one, *job, args.steps, set(args.evals), out, threads) for job in jobs}
         results = {job: f.result() for job, f in futures.items()}
     summarise(results, args.datasets, args.variants, {d: args.seeds for d in args.datasets}, out)
 

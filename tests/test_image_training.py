@@ -20,6 +20,7 @@ TINY = ['trainer.max_steps=3', 'trainer.batch_size=4', 'trainer.log_every=1', 't
 
 @pytest.mark.parametrize('config, extra', [
     ('configs/mnist/small.yaml', ['network.preset=ddpmpp-tiny']),
+    ('configs/mnist/fast.yaml', []),
     ('configs/mnist/mp.yaml', []),
     ('configs/mnist/small.yaml', ['network.preset=ddpmpp-tiny', 'noise.name=entropic', 'noise.density=structure',
                                   'noise.warmup_steps=1', 'noise.refresh_every=1']),
@@ -81,6 +82,23 @@ def test_sample_writes_grid_and_one_png_per_seed(mnist_run, tmp_path, capsys):
     assert '--class: must be in 0..9 (got 12)' in err
     import metrics
     assert "an image model; its metrics are fid.py's" in _one_line(capsys, metrics.main, ['--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt')])
+
+
+def test_class_grid_has_one_row_per_class(mnist_run, tmp_path, capsys):
+    from torchvision.io import read_image
+    ckpt = str(mnist_run / 'checkpoints' / 'last.ckpt')
+    out = tmp_path / 'grid'
+    sample.main(['--ckpt', ckpt, '--class', '2,5,7', '--num', '4', '--steps', '2', '--guidance', '2', '--out', str(out)])
+    grid = read_image(str(out / 'grid.png'))
+    assert grid.shape[-2:] == (3 * 34 + 2, 4 * 34 + 2)  # 3 rows × 4 images of 32 px, 2 px padding
+    # Row k is class k's samples from the same seed: what sampling class 5 alone gives.
+    model = load_model(ckpt, device='cpu')
+    row = read_image(str(out / 'grid.png'))[..., 36:68, 2:34]
+    from training import plots
+    alone = plots.to_uint8(model.sample(4, steps=2, seed=0, class_label=5, guidance=2.0))[0]
+    assert torch.equal(row[:1], alone)
+    assert 'with several classes' in _one_line(capsys, sample.main, ['--ckpt', ckpt, '--class', '1-2', '--seeds', '0-3'])
+    assert '--class: must be in 0..9 (got 10)' in _one_line(capsys, sample.main, ['--ckpt', ckpt, '--class', '8-10'])
 
 
 def _one_line(capsys, fn, argv):

@@ -102,12 +102,14 @@ def test_parameter_counts():
         cifar = build_unet('ddpmpp-cifar10', in_channels=3, img_resolution=32)
         cond = build_unet('ddpmpp-cifar10', in_channels=3, img_resolution=32, label_dim=10)
         mnist = {size: build_unet('ddpmpp-mnist-small', in_channels=1, img_resolution=size) for size in (28, 32)}
+        fast = build_unet('ddpmpp-mnist-fast', in_channels=1, img_resolution=28, label_dim=10)
     n = num_params(cifar)
     assert n == 55_732_739  # a regression guard on the exact layer list
     assert abs(n / EDM_DDPMPP_CIFAR10_PARAMS - 1) < 0.01
     assert num_params(cond) - n == 10 * 128 + 128  # the label map (10 classes → 128 noise channels)
     for net in mnist.values():
         assert 1e6 <= num_params(net) <= 5e6
+    assert num_params(fast) == 308_721  # configs/mnist/fast.yaml, as the README states
     assert CONFIGS['ddpmpp-cifar10']['dropout'] == 0.13
 
 

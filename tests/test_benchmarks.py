@@ -1,0 +1,78 @@
+"""The MNIST path of benchmarks/entropic_training.py: its quality number and one cached run."""
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
+import entropic_training  # noqa: E402
+
+from training import fidelity  # noqa: E402
+from training.images import mnist_5k  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def digits():
+    return mnist_5k(28)
+
+
+@pytest.fixture(scope='module')
+def classifier(digits, tmp_path_factory):
+    path = tmp_path_factory.mktemp('classifier') / 'classifier.pt'
+    fidelity.train_classifier(digits, path, steps=300)
+    model = fidelity.DigitClassifier()
+    model.load_state_dict(torch.load(path, weights_only=True)['state_dict'])
+    return model.eval(), path
+
+
+class Sampler:
+    """Stands in for a model: `sample(n, seed, class_label)` returns n images of that class from `images`."""
+
+    def __init__(self, digits, images):
+        self.dataset, self.images = SimpleNamespace(num_classes=10), images
+        self.labels = digits.labels
+
+    def sample(self, n, seed, class_label):
+        index = (self.labels == class_label).nonzero()[:, 0]
+        index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:n]]
+        return self.images[index]
+
+
+def test_classifier_frechet_separates_real_digits_from_blurred_and_noise(digits, classifier):
+    model, _ = classifier
+    real = digits.images.float() / 127.5 - 1
+    with torch.no_grad():
+        reference = model.features(real)
+    blurred = torch.nn.functional.avg_pool2d(real, 5, stride=1, padding=2)
+    noise = torch.randn_like(real).clamp(-1, 1)
+    fd = {name: entropic_training.classifier_frechet(Sampler(digits, images), model, reference, seed=0)
+          for name, images in (('real', real), ('blurred', blurred), ('noise', noise))}
+    # 1000 real digits against all 5000: only the small-sample bias of the Fréchet distance.
+    assert 0 <= fd['real'] < 0.2 * fd['blurred'] < 0.2 * fd['noise'], fd
+
+
+@pytest.mark.slow
+def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monkeypatch):
+    config = tmp_path / 'tiny.yaml'
+    config.write_text(Path('configs/mnist/fast.yaml').read_text().replace('ddpmpp-mnist-fast', 'ddpmpp-tiny')
+                      .replace('batch_size: 32', 'batch_size: 8'))
+    monkeypatch.setitem(entropic_training.CONFIGS, 'mnist', str(config))
+    monkeypatch.setattr(entropic_training, 'classifier_path', lambda data: classifier[1])
+    monkeypatch.setattr(entropic_training, 'SAMPLES_PER_CLASS', 20)  # 200 samples per evaluation
+    out = tmp_path / 'bench'
+    results = {}
+    for variant in ('lognormal', 'structure'):
+        results['mnist', variant, 0] = entropic_training.run_one('mnist', variant, 0, steps=4, evals={2, 4}, out=out)
+        assert results['mnist', variant, 0]['step'] == [2, 4]
+        assert all(value > 0 for value in results['mnist', variant, 0]['fd'])
+        assert 'gap' not in results['mnist', variant, 0]
+    cached = json.loads((out / 'runs' / 'mnist-structure-0.json').read_text())
+    assert cached == results['mnist', 'structure', 0]
+    entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
+    table = (out / 'results.md').read_text()
+    assert '| mnist (1 seeds, classifier Fréchet distance) | structure |' in table
+    assert (out / 'curves.png').is_file()
