@@ -59,7 +59,7 @@ def test_classifier_frechet_separates_real_digits_from_blurred_and_noise(digits,
 def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monkeypatch):
     config = tmp_path / 'tiny.yaml'
     config.write_text(Path('configs/mnist/fast.yaml').read_text().replace('ddpmpp-mnist-fast', 'ddpmpp-tiny')
-                      .replace('batch_size: 32', 'batch_size: 8'))
+                      .replace('batch_size: 32', 'batch_size: 8').replace('steps: 18', 'steps: 3'))
     monkeypatch.setitem(entropic_training.CONFIGS, 'mnist', str(config))
     monkeypatch.setattr(entropic_training, 'classifier_path', lambda data: classifier[1])
     monkeypatch.setattr(entropic_training, 'SAMPLES_PER_CLASS', 20)  # 200 samples per evaluation
