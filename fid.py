@@ -67,12 +67,14 @@ def compute(args, images, data, device):
     if args.features == 'classifier':
         if not data.name.startswith('mnist'):
             raise UsageError(f"--features classifier: digits only (data.name is '{data.name}')")
-        weights = Path(args.classifier or Path(args.cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt')
-        if not weights.is_file():
-            if args.classifier:
+        if args.classifier:
+            weights = Path(args.classifier)
+            if not weights.is_file():
                 raise UsageError(f'--classifier: {weights}: file not found')
-            accuracy = fidelity.train_classifier(data, weights)
-            print(f'fid: trained the digit classifier on {data.name}: held-out accuracy {accuracy:.3f}; saved {weights}')
+        else:
+            weights, accuracy = fidelity.cached_classifier(data, args.cache_dir)
+            if accuracy is not None:
+                print(f'fid: trained the digit classifier on {data.name}: held-out accuracy {accuracy:.3f}; saved {weights}')
     try:
         result = fidelity.image_metrics(images, data, metrics=[m.strip() for m in args.metrics.split(',')],
                                         features=args.features, weights=weights, cache_root=args.cache_dir,

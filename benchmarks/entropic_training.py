@@ -55,9 +55,9 @@ def classifier_path(data):
     """The cached digit classifier of fid.py (`--features classifier`), trained here if missing."""
     from training import fidelity
 
-    path = Path.home() / '.cache' / 'cedm' / f'classifier-{data.name}-{data.shape[-1]}px.pt'
-    if not path.is_file():
-        print(f'training the digit classifier: held-out accuracy {fidelity.train_classifier(data, path):.3f}', flush=True)
+    path, accuracy = fidelity.cached_classifier(data, Path.home() / '.cache' / 'cedm')
+    if accuracy is not None:
+        print(f'trained the digit classifier: held-out accuracy {accuracy:.3f}', flush=True)
     return path
 
 

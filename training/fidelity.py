@@ -103,6 +103,12 @@ def train_classifier(data, path, steps=800, batch_size=64, seed=0):
     return accuracy
 
 
+def cached_classifier(data, cache_dir):
+    """(path, held-out accuracy or None): the digit classifier of `data` cached in `cache_dir`, trained
+    there first (accuracy returned) when missing."""
+    path = Path(cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt'
+    return path, None if path.is_file() else train_classifier(data, path)
+
 class ClassifierFeatures(FeatureExtractorBase):
     """torch-fidelity's view of a trained `DigitClassifier` (weights from `feature_extractor_weights_path`):
     uint8 RGB images [B, 3, H, W] in, 'features' [B, 128] and 'logits' [B, 10] out."""
