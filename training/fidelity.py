@@ -109,6 +109,7 @@ def cached_classifier(data, cache_dir):
     path = Path(cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt'
     return path, None if path.is_file() else train_classifier(data, path)
 
+
 class ClassifierFeatures(FeatureExtractorBase):
     """torch-fidelity's view of a trained `DigitClassifier` (weights from `feature_extractor_weights_path`):
     uint8 RGB images [B, 3, H, W] in, 'features' [B, 128] and 'logits' [B, 10] out."""
