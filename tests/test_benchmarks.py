@@ -1,4 +1,5 @@
-"""The MNIST path of benchmarks/entropic_training.py: its quality number and one cached run."""
+"""The benchmarks' own arithmetic: train_overhead.py's windows; the MNIST path of entropic_training.py, its
+quality number and one cached run."""
 
 import json
 import sys
@@ -10,9 +11,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
 import entropic_training  # noqa: E402
+import train_overhead  # noqa: E402
 
 from training import fidelity  # noqa: E402
 from training.images import mnist_5k  # noqa: E402
+
+
+def test_overhead_windows_leave_out_only_the_spans_inside_them():
+    times = [0.1 * k for k in range(31)]  # 30 steps of 0.1 s
+    figures = [(1.05, 0.05), (2.95, 0.02), (5.0, 1.0)]  # in the 2nd window, in the 3rd, after the run
+    rates = train_overhead.window_rates(times, warmup=0, window=10, left_out=figures)
+    assert rates == pytest.approx([10 / 1.0, 10 / 0.95, 10 / 0.98])
+    assert train_overhead.window_rates(times, warmup=5, window=10) == pytest.approx([10.0, 10.0])  # 5..15, 15..25
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_prints_its_ratios(capsys, monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['train_overhead.py', '--steps', '60', '--warmup', '10', '--window', '20',
+                                      '--repeats', '1', 'trainer.plot_every=30', 'trainer.ckpt_every=30'])
+    train_overhead.main()
+    out = capsys.readouterr().out
+    for line in ('hand-written loop:', "Lightning's own loop:", 'train.py loop:', 'ratio train.py / hand-written:',
+                 'whole runs, figures included'):
+        assert line in out, line
+    left_out = float(out.split('left out: ')[1].split(' s')[0])
+    assert left_out > 0  # the figures at step 30 fell inside the timed run
 
 
 @pytest.fixture(scope='module')

@@ -128,3 +128,19 @@ def test_learning_rate_warms_up_then_decays_like_edm2():
     assert learning_rate_factor(99, warmup_steps=100) == 1 == learning_rate_factor(10**6, warmup_steps=100)
     assert learning_rate_factor(999, warmup_steps=100, ref_steps=1000) == 1
     assert learning_rate_factor(3999, warmup_steps=100, ref_steps=1000) == pytest.approx(0.5)  # 1/sqrt(4)
+
+
+def test_loss_bins_hold_the_mean_loss_of_each_log_sigma_bin():
+    from training.module import SigmaBins
+    g = torch.Generator().manual_seed(0)
+    sigma = (math.log(1e-3) + math.log(1e5) * torch.rand(5000, generator=g)).exp()
+    loss = torch.rand(5000, generator=g) + sigma.log()
+    bins = SigmaBins(1e-3, 1e2, num_bins=25)
+    bins.update(sigma[:1234], loss[:1234])
+    bins.update(sigma[1234:], loss[1234:])
+    centres, means = bins.pop()
+    index = np.clip(np.floor((np.log(sigma.numpy()) - math.log(1e-3)) / (math.log(1e5) / 25)), 0, 24).astype(int)
+    expected = [loss.numpy()[index == k].mean() for k in range(25)]
+    np.testing.assert_allclose(means.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(centres.log().numpy(), math.log(1e-3) + math.log(1e5) / 25 * (np.arange(25) + 0.5), rtol=1e-6)
+    assert bins.pop()[1].isnan().all()  # popped: empty again

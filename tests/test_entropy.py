@@ -314,6 +314,22 @@ def test_non_finite_errors_are_dropped_and_counted():
     assert EntropyProfile().mmse()[1].isnan().all()  # uninitialised, and says so
 
 
+def test_pending_sums_do_not_depend_on_how_updates_are_split():
+    # What lets training bin the errors of many steps at once, and a run resumed at any step match one
+    # that never stopped: errors spanning nine decades, some dropped, added in one call or in uneven parts.
+    g = gen(11)
+    sigma = (math.log(SIGMA_MIN) - 1 + (LOG_RANGE + 2) * torch.rand(20000, generator=g)).exp()
+    sq_err = torch.rand(20000, generator=g) * 10.0 ** torch.randint(-6, 4, (20000,), generator=g)
+    sq_err[::997] = math.nan
+    whole, parts = EntropyProfile(), EntropyProfile()
+    whole.update(sigma, sq_err)
+    for start, stop in ((0, 1), (1, 512), (512, 7001), (7001, 20000)):
+        parts.update(sigma[start:stop], sq_err[start:stop])
+    for name in ('pending_sum', 'pending_count', 'num_dropped'):
+        assert torch.equal(getattr(whole, name), getattr(parts, name)), name
+    assert whole.pending_count.sum().item() < 20000 - 20 and whole.num_dropped.item() == 21  # off-grid and NaN dropped
+
+
 # --------------------------------------------------------------------------------------------------
 # State, configuration.
 

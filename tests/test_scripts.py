@@ -29,6 +29,15 @@ def test_training_writes_run_directory(tiny_run):
     assert events
 
 
+def test_checkpoints_hold_every_step_s_errors_in_the_profile(tiny_run):
+    # No refresh within 60 steps (every 100): each checkpoint holds every training error so far among
+    # its profile's pending statistics, though training bins them only every so many steps.
+    for step in (30, 60):
+        checkpoint, _ = read_checkpoint(tiny_run / 'checkpoints' / f'step-{step:07d}.ckpt')
+        pending = checkpoint['cedm']['ranks'][0]['profile_pending'][1].sum().item()
+        assert step * 128 - 3 <= pending <= step * 128  # lognormal σ beyond [0.002, 80] is dropped (p ≈ 2e-5)
+
+
 def test_tensorboard_has_scalars_and_figures(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(tiny_run / 'tensorboard'), size_guidance={'images': 0}).Reload()
@@ -38,6 +47,17 @@ def test_tensorboard_has_scalars_and_figures(tiny_run):
     assert {'samples', 'loss_vs_sigma'} <= set(tags['images'])
     lr = [e.value for e in acc.Scalars('train/lr')]
     assert lr[0] < lr[-1]  # warm-up
+    # Every trainer.log_every steps, at Lightning's step numbers (0-based: the steps taken before).
+    for tag in ('train/loss', 'train/grad_norm', 'train/nonfinite_steps', 'sigma/q10', 'sigma/q50', 'sigma/q90'):
+        assert [e.step for e in acc.Scalars(tag)] == [9, 19, 29, 39, 49, 59], tag
+    q10, q90 = acc.Scalars('sigma/q10')[0].value, acc.Scalars('sigma/q90')[0].value
+    assert 0.02 < q10 < 0.3 < q90 < 3  # lognormal(-1.2, 1.2): 0.064 and 1.42
+
+
+def test_progress_bar_shows_the_loss(tmp_path, capfd):
+    train.main(['trainer.max_steps=20', 'trainer.log_every=10', 'trainer.batch_size=64', 'sample.num=50',
+                f'run_dir={tmp_path}'])
+    assert "loss=" in capfd.readouterr().out  # Lightning draws its bar on stdout
 
 
 def test_sample_script_writes_npz_and_png(tiny_run, tmp_path):

@@ -177,20 +177,19 @@ class EntropyProfile(torch.nn.Module):
         σ outside the grid by more than ON_GRID_SLACK bin widths is dropped (its error says nothing
         about a σ on the grid); the rest is clamped into the edge bins. Non-finite errors are dropped
         and counted in `num_dropped`. Runs on the buffers' device without host synchronisation.
+        On the CPU the errors are added into the pending sums one by one in order, so the sums do not
+        depend on how the samples were split between calls: a run that saved and resumed its
+        statistics at any step holds the same sums, bit for bit, as one that never stopped.
         """
         device = self.pending_sum.device
         sq_err = sq_err.detach().reshape(-1).to(device, torch.float64)
         position = (sigma.detach().reshape(-1).to(device, torch.float64).log() - self.log_sigma_min) / self.bin_width
         finite = sq_err.isfinite()
-        on_grid = (position > -ON_GRID_SLACK) & (position < self.num_bins + ON_GRID_SLACK)  # False for NaN σ
-        # Dropped samples go to an extra bin past the end that is cut off: no data-dependent shapes.
+        keep = finite & (position > -ON_GRID_SLACK) & (position < self.num_bins + ON_GRID_SLACK)  # False for NaN σ
+        # Dropped samples add zero error and zero count to some bin: no data-dependent shapes.
         index = position.nan_to_num(0.0).clamp(0, self.num_bins - 1).long()
-        index = torch.where(finite & on_grid, index, self.num_bins)
-        values = torch.stack([torch.where(finite, sq_err, 0.0), torch.ones_like(sq_err)], 1)
-        scratch = torch.zeros(self.num_bins + 1, 2, dtype=torch.float64, device=device).index_add_(0, index, values)
-        # In place: `+=` on a buffer would go through nn.Module.__setattr__, a cost on every step.
-        self.pending_sum.add_(scratch[:-1, 0])
-        self.pending_count.add_(scratch[:-1, 1])
+        self.pending_sum.index_add_(0, index, torch.where(keep, sq_err, 0.0))
+        self.pending_count.index_add_(0, index, keep.double())
         self.num_dropped.add_((~finite).sum())
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ reduces it, and travels in the checkpoint's 'cedm' entry with the config and gen
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 from pathlib import Path
@@ -31,16 +32,6 @@ from .noise import build_noise
 from .spectrum import covariance_spectrum
 
 
-class _Steps(torch.utils.data.IterableDataset):
-    """An endless stream of step indices: the batch itself is generated on the device."""
-
-    def __iter__(self):
-        step = 0
-        while True:
-            yield step
-            step += 1
-
-
 class SigmaBins:
     """Running per-bin means of the training loss over log σ, for the loss-against-σ figure."""
 
@@ -51,9 +42,9 @@ class SigmaBins:
 
     def update(self, sigma, loss):
         self.stats = self.stats.to(sigma.device)
-        index = ((sigma.detach().log() - self.log_sigma_min) / self.bin_width).nan_to_num(0.0).clamp(0, self.num_bins - 1)
-        values = torch.stack([loss.detach().double(), torch.ones_like(loss, dtype=torch.float64)], 1)
-        self.stats.index_add_(0, index.long(), values)
+        index = ((sigma.detach().log() - self.log_sigma_min) / self.bin_width).nan_to_num(0.0).clamp(0, self.num_bins - 1).long()
+        self.stats[:, 0] += torch.bincount(index, loss.detach().double(), minlength=self.num_bins)
+        self.stats[:, 1] += torch.bincount(index, minlength=self.num_bins)
 
     def pop(self):
         """(bin centres, mean loss per bin with NaN where empty); resets the sums."""
@@ -61,6 +52,10 @@ class SigmaBins:
         means = (self.stats[:, 0] / self.stats[:, 1]).cpu()
         self.stats.zero_()
         return centres, means
+
+
+# Most training steps whose errors wait before they are binned (`EDMModule._bin_errors`).
+BIN_EVERY = 100
 
 
 class NonFiniteError(RunStopped):
@@ -99,6 +94,8 @@ class EDMModule(L.LightningModule):
         self.profile.set_spectrum(covariance_spectrum(
             lambda k: self.dataset.sample(k, generator=spectrum_generator), n.spectrum_samples))
         self.sigma_bins = SigmaBins()
+        self._unbinned = []  # (σ, squared error, loss) of the steps since the last `_bin_errors`
+        self.progress_metrics = {}  # what the progress bar shows beside Lightning's own
         self._rank_states = None  # per rank, from a checkpoint being resumed
         self.nonfinite_steps = 0    # skipped for a non-finite loss or gradient, over the whole run
         self._nonfinite_streak = []  # σ of the offending samples of each batch since the last good step
@@ -128,6 +125,7 @@ class EDMModule(L.LightningModule):
     def on_train_start(self):
         # Here rather than in on_fit_start: some strategies restore a checkpoint after that hook.
         self._place()
+        self._trained_parameters = list(self.denoiser.parameters())  # listed once: walking the modules costs 20 µs a step
         if self.posthoc_ema is not None and self.trainer.is_global_zero:
             for path in self.posthoc_folder.glob('*.pt'):  # from beyond the checkpoint resumed (or a former run)
                 if int(path.stem.split('.')[1]) > self.global_step:
@@ -148,9 +146,10 @@ class EDMModule(L.LightningModule):
             self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1, self.global_step)
 
     def train_dataloader(self):
-        # Its own generator: creating the iterator would otherwise draw from the global torch stream,
-        # which a resumed run restores and must not see consumed at a different moment.
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None, generator=torch.Generator())
+        # Step indices only: the batch itself is generated on the device. A plain iterable, not a
+        # DataLoader, whose iterator would draw from the global torch stream (which a resumed run
+        # restores) and costs a profiled call every step.
+        return itertools.count()
 
     def configure_optimizers(self):
         o = self.config.optim
@@ -161,10 +160,6 @@ class EDMModule(L.LightningModule):
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
 
     # ------------------------------------------------------------------ training
-    def _is_log_step(self):
-        # Lightning writes logged values when (step + 1) % log_every_n_steps == 0: log on those steps.
-        return (self.global_step + 1) % self.config.trainer.log_every == 0
-
     def _entropic(self):
         """Whether σ is drawn from the profile at this step (after the warm-up and a first refresh)."""
         n = self.config.noise
@@ -226,10 +221,10 @@ class EDMModule(L.LightningModule):
                 sigma, per_sample, sq_err = self._loss_terms(per_pass)
                 self.manual_backward(per_sample.sum() / per_rank)
             parts.append((sigma, per_sample.detach(), sq_err.detach()))
-        sigma, per_sample, sq_err = (torch.cat(part) for part in zip(*parts))
+        sigma, per_sample, sq_err = parts[0] if len(parts) == 1 else (torch.cat(part) for part in zip(*parts))
         loss = per_sample.mean()
-        log = self._is_log_step()
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.denoiser.parameters() if p.grad is not None])
+        step = self.global_step  # the optimizer steps taken before this one
+        grad_norm = gradient_norm(self._trained_parameters)
         # One host synchronisation per step. Under DDP the gradients are already averaged over ranks,
         # so a fault on any rank is seen by every rank and all skip the same step.
         if not torch.isfinite(loss + grad_norm):
@@ -240,10 +235,7 @@ class EDMModule(L.LightningModule):
             # 16-mixed: overflow is the GradScaler's to handle: it skips the update and lowers its scale.
         else:
             self._nonfinite_streak = []
-        self.profile.update(sigma, sq_err)
-        self.sigma_bins.update(sigma, per_sample)
-        if log:
-            self.log('train/grad_norm', grad_norm)  # before clipping
+        self._unbinned.append((sigma, sq_err, per_sample))
         if self.config.optim.grad_clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm='norm')
         lr = optimizer.param_groups[0]['lr']  # the rate this step uses
@@ -258,16 +250,40 @@ class EDMModule(L.LightningModule):
                 # the last checkpoint, which the resumed run deletes (on_train_start).
                 self.posthoc_ema.checkpoint()
         if self.global_step % self.config.noise.refresh_every == 0:
+            self._bin_errors()
             self.profile.refresh()  # a collective under DDP: every rank calls it
-        if log:
-            self.log('train/loss', loss, prog_bar=True)
-            self.log('train/lr', lr)
-            self.log('train/nonfinite_steps', float(self.nonfinite_steps))  # skipped so far, whole run
-            quantiles = torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
-            for q, value in zip((10, 50, 90), quantiles):
-                self.log(f'sigma/q{q}', value)
-            if self.config.noise.density == 'structure':
-                self.log('noise/structure_fraction', self.profile.structure_fraction().float())
+        elif len(self._unbinned) >= BIN_EVERY:
+            self._bin_errors()
+        if (step + 1) % self.config.trainer.log_every == 0:
+            self._log_scalars(step, loss=loss, grad_norm=grad_norm, lr=lr, sigma=sigma)
+
+    def _bin_errors(self):
+        """Add the errors of the steps since the last call to the profile's pending sums and to the
+        loss-against-σ bins, all at once: binning costs a dozen small tensor operations, about as much
+        as the rest of Lightning's per-step work on a toy model, so it runs every BIN_EVERY steps, at
+        refreshes, figures and checkpoints, rather than at every step. The profile's sums come out the
+        same however the steps are grouped (`EntropyProfile.update`)."""
+        if self._unbinned:
+            sigma, sq_err, per_sample = (torch.cat(column) for column in zip(*self._unbinned))
+            self._unbinned = []
+            self.profile.update(sigma, sq_err)
+            self.sigma_bins.update(sigma, per_sample)
+
+    def _log_scalars(self, step, loss, grad_norm, lr, sigma):
+        """The scalars of step `step` (0-based, as Lightning counts them), straight to the loggers:
+        once `self.log` holds values Lightning walks them on every step, logged or not, a cost per
+        step the size of a toy model's optimizer update. The progress bar shows the loss (`ProgressBar`)."""
+        quantiles = torch.quantile(sigma.float(), torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
+        scalars = {'train/loss': loss, 'train/grad_norm': grad_norm,  # the norm before clipping
+                   'train/lr': lr, 'train/nonfinite_steps': self.nonfinite_steps,  # skipped so far, whole run
+                   **{f'sigma/q{q}': value for q, value in zip((10, 50, 90), quantiles)}}
+        if self.config.noise.density == 'structure':
+            scalars['noise/structure_fraction'] = self.profile.structure_fraction()
+        scalars = {name: float(value) for name, value in scalars.items()}
+        self.progress_metrics = {'loss': f"{scalars['train/loss']:.3g}"}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=step)
+            logger.save()  # flushed to disk as Lightning does after logging
 
     def _count_nonfinite(self, sigma, per_sample):
         """Count and log a step with a non-finite loss or gradient; stop the run (NonFiniteError) at
@@ -312,6 +328,7 @@ class EDMModule(L.LightningModule):
             for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
                 tb.add_scalar(f'eval/{name}', value, step)
             tb.add_figure('samples', plots.samples_figure(x, reference, title=f'EMA, step {step}'), step)
+        self._bin_errors()
         centres, means = self.sigma_bins.pop()
         tb.add_figure('loss_vs_sigma', plots.loss_vs_sigma_figure(centres, means), step)
         # The profile as of its latest refresh; drawn here rather than at every refresh because
@@ -320,6 +337,7 @@ class EDMModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):
+        self._bin_errors()  # into the profile's pending sums, which the checkpoint keeps per rank
         checkpoint['cedm'] = {
             'format': FORMAT_VERSION,
             'config': config_to_dict(self.config),
@@ -442,6 +460,15 @@ class EDMModule(L.LightningModule):
         denoiser = self.sampling_denoiser(use_ema, class_label, guidance, len(noise))
         return sampling.sample(denoiser, noise, sigmas, solver or self.config.sample.solver,
                                generator=generator, callback=callback, **options)
+
+
+def gradient_norm(parameters):
+    """The 2-norm of the gradients of `parameters` (on one device) taken together, as a tensor, without
+    host synchronisation. `torch.nn.utils.get_total_norm` computes the same through the same fused
+    per-tensor norms, after grouping the tensors by device and dtype in Python, which costs as much
+    again on a toy model's step."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
 def batch_split(trainer_config, world_size):
