@@ -15,8 +15,8 @@ distribution needs for the same (mean over seeds, linear interpolation between e
 'not reached' when it never gets there), and the same paired by seed (each seed's run against
 lognormal's run with that seed). Variants: the fixed distributions, the entropic profile's
 densities (entropic, gated, rescaled, importance-weighted), the structure density estimated
-online ('structure') and, on the toy mixtures, from the exact denoiser of the data's mixture, fixed
-from step 0 ('structure-oracle'). Each run's result is cached in DIR/runs/*.json, so an
+online ('structure'), the same times σ ('rescaled-structure', online) and, on the toy mixtures, the
+structure density from the exact denoiser of the data's mixture, fixed from step 0 ('structure-oracle'). Each run's result is cached in DIR/runs/*.json, so an
 interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise.
 """
 
@@ -39,6 +39,7 @@ VARIANTS = {
     'entropic-gated': ['noise.name=entropic', 'noise.gate_c=0.1'],
     'rescaled': ['noise.name=entropic', 'noise.density=rescaled'],
     'structure': ['noise.name=entropic', 'noise.density=structure'],
+    'rescaled-structure': ['noise.name=entropic', 'noise.density=rescaled-structure'],
     # The structure density of the data's exact profile (its mixture's own denoiser), fixed from step 0.
     'structure-oracle': ['noise.name=entropic', 'noise.density=structure', 'noise.warmup_steps=0',
                          'noise.refresh_every=1000000000'],

@@ -195,13 +195,14 @@ def test_importance_weighting_mode_trains(tmp_path):
     assert checkpoint['global_step'] == 20
 
 
-def test_structure_density_trains_and_logs_its_fraction(tmp_path):
+@pytest.mark.parametrize('density', ['structure', 'rescaled-structure'])
+def test_structure_density_trains_and_logs_its_fraction(tmp_path, density):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    train.main(['noise.name=entropic', 'noise.density=structure', 'noise.warmup_steps=10', 'noise.refresh_every=5',
+    train.main(['noise.name=entropic', f'noise.density={density}', 'noise.warmup_steps=10', 'noise.refresh_every=5',
                 'trainer.max_steps=30', 'trainer.log_every=10', 'trainer.progress_bar=false', 'trainer.batch_size=64',
                 'sample.num=100', f'run_dir={tmp_path}'])
     model = load_model(tmp_path / 'checkpoints' / 'last.ckpt', device='cpu')
-    assert model.profile.spectrum is not None and model.profile.density == 'structure'
+    assert model.profile.spectrum is not None and model.profile.density == density
     fractions = [e.value for e in EventAccumulator(str(tmp_path / 'tensorboard')).Reload().Scalars('noise/structure_fraction')]
     assert len(fractions) == 3 and all(0 <= f <= 1 for f in fractions)
     summary = json.loads((tmp_path / 'profile.json').read_text())
@@ -211,7 +212,7 @@ def test_structure_density_trains_and_logs_its_fraction(tmp_path):
 def test_entropic_schedules_from_the_checkpoint(entropic_run, tmp_path, capsys):
     ckpt = str(entropic_run / 'checkpoints' / 'last.ckpt')
     model = load_model(ckpt, device='cpu')
-    for schedule in ('entropic', 'rescaled-entropic', 'structure'):
+    for schedule in ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure'):
         sigmas = model.sigmas(8, schedule)
         assert len(sigmas) == 9 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
         assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002)

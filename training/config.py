@@ -122,10 +122,11 @@ class NoiseConfig:
     from the online profile of the training errors (refreshed every `refresh_every` steps), mixed
     with a log-uniform `floor` and optionally gated at low σ by σⁿ/(σⁿ + cⁿ) (`gate_c`, `gate_n`).
     `density` picks what the profile's density is proportional to per log σ: the entropy rate
-    mmse/σ² (`entropic`), mmse/σ (`rescaled`), or the structure rate max(lmmse − mmse, 0)/σ²
-    (`structure`, lmmse from the data's covariance spectrum); `structure` draws from the profile only
-    with probability α, rising smoothly from 0 to 1 as the measured negentropy reaches
-    `structure_nats` nats per dimension, and from `base` otherwise.
+    mmse/σ² (`entropic`), mmse/σ (`rescaled`), the structure rate max(lmmse − mmse, 0)/σ²
+    (`structure`, lmmse from the data's covariance spectrum) or the structure rate times σ
+    (`rescaled-structure`, for data on a manifold, whose structure rate stays high as σ → 0); the two
+    structure densities draw from the profile only with probability α, rising smoothly from 0 to 1 as
+    the measured negentropy reaches `structure_nats` nats per dimension, and from `base` otherwise.
     `weighting: keep` keeps λ(σ), so the effective weighting follows the entropy rate (InfoNoise);
     `importance` multiplies the loss by p_base(σ)/p_entropic(σ), keeping the base objective and
     changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
@@ -146,7 +147,7 @@ class NoiseConfig:
     floor: float = 0.05
     gate_c: Optional[float] = None
     gate_n: float = 3.0
-    density: Literal['entropic', 'rescaled', 'structure'] = 'entropic'
+    density: Literal['entropic', 'rescaled', 'structure', 'rescaled-structure'] = 'entropic'
     structure_nats: float = 0.1
     spectrum_samples: int = 65536  # data points behind the covariance spectrum, drawn once at set-up
     weighting: Literal['keep', 'importance'] = 'keep'
@@ -224,7 +225,8 @@ class SampleConfig:
     solver: Literal['heun', 'euler', 'ddim', 'euler_ancestral', 'dpmpp_2m'] = 'heun'
     # entropic, rescaled-entropic: uniform in (rescaled) entropic time of the checkpoint's profile;
     # structure: uniform in the structure it measures (its structure rate integrated over log σ)
-    schedule: Literal['karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure'] = 'karras'
+    schedule: Literal['karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure',
+                      'rescaled-structure'] = 'karras'
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0

@@ -22,9 +22,12 @@ import torch.distributed as dist
 
 from .spectrum import covariance_spectrum, lmmse as linear_mmse
 
-DENSITIES = ('entropic', 'rescaled', 'structure')
+DENSITIES = ('entropic', 'rescaled', 'structure', 'rescaled-structure')
+# The densities built on the structure rate, whose draws mix with a base distribution (`structure_fraction`).
+STRUCTURE_DENSITIES = ('structure', 'rescaled-structure')
 # The sampling schedules read off a profile (sample.py --schedule), and the density of each.
-PROFILE_SCHEDULES = {'entropic': 'entropic', 'rescaled-entropic': 'rescaled', 'structure': 'structure'}
+PROFILE_SCHEDULES = {'entropic': 'entropic', 'rescaled-entropic': 'rescaled', 'structure': 'structure',
+                     'rescaled-structure': 'rescaled-structure'}
 # Log-uniform share mixed into the times behind `sigmas`: keeps σ strictly monotone where the rate vanishes.
 TIME_FLOOR = 1e-6
 # Estimated negentropy per dimension (nats) from which `structure_fraction` is 1.
@@ -50,12 +53,17 @@ class EntropyProfile(torch.nn.Module):
         p(log σ) = (1 − floor) · w(σ) / ∫w + floor / log(sigma_max / sigma_min),
         w(σ) = rate(σ) · g(σ),  rate = mmse/σ² ('entropic': uniform in entropic time)
                                   or mmse/σ ('rescaled': uniform in rescaled entropic time)
-                                  or max(lmmse − mmse, 0)/σ² ('structure': see `structure_rate`),
+                                  or max(lmmse − mmse, 0)/σ² ('structure': see `structure_rate`)
+                                  or max(lmmse − mmse, 0)/σ ('rescaled-structure'),
     with the optional gate g(σ) = σⁿ/(σⁿ + cⁿ) (gate_c = c, gate_n = n; InfoNoise) that damps the
     low-σ tail where every continuous distribution has rate ≈ d nats per e-fold. The floor keeps every
     σ range visited, so the profile keeps being measured everywhere. Without usable weight (uninitialised,
-    all zero, or 'structure' without a spectrum or with the model no better than the Wiener filter) the
-    density is log-uniform; `structure_fraction` says how far to trust the structure density.
+    all zero, or a structure density without a spectrum or with the model no better than the Wiener filter)
+    the density is log-uniform; `structure_fraction` says how far to trust the structure densities.
+    The rescaled structure density is to the structure rate what rescaled entropic time is to the
+    entropy rate: for data on a low-dimensional manifold (images) the structure rate tends to a constant
+    as σ → 0, about (rank of the covariance − the manifold's dimension) nats per log σ, so the structure
+    density puts most of its mass at the smallest σ of the grid; the factor σ makes it vanish there.
 
     `spectrum` (optional, or `set_spectrum` later): the eigenvalues [d] of the data covariance, in data
     units squared, from `training.spectrum.covariance_spectrum`; they give lmmse and the structure rate.
@@ -330,11 +338,13 @@ class EntropyProfile(torch.nn.Module):
         return t * t * (3 - 2 * t)
 
     def _weight(self, kind):
-        """Unnormalised density per log σ at the bin centres: mmse/σ² (entropic), mmse/σ (rescaled) or
-        max(lmmse − mmse, 0)/σ² (structure; NaN without a spectrum)."""
-        if kind == 'structure':
-            return self.structure_rate()[1].clamp_min(0)
+        """Unnormalised density per log σ at the bin centres: mmse/σ² (entropic), mmse/σ (rescaled),
+        max(lmmse − mmse, 0)/σ² (structure) or max(lmmse − mmse, 0)/σ (rescaled-structure; both NaN
+        without a spectrum)."""
         sigma = self.sigma_grid
+        if kind in STRUCTURE_DENSITIES:
+            rate = self.structure_rate()[1].clamp_min(0)
+            return rate if kind == 'structure' else rate * sigma
         return self.mmse_estimate / (sigma ** 2 if kind == 'entropic' else sigma)
 
     def _gate(self, sigma):
@@ -384,7 +394,8 @@ class EntropyProfile(torch.nn.Module):
         in destroyed structure.
 
         The time τ(σ) is the normalised integral of the piecewise-constant density per log σ ∝ mmse/σ²
-        ('entropic'), mmse/σ ('rescaled') or max(lmmse − mmse, 0)/σ² ('structure') over the grid, no gate,
+        ('entropic'), mmse/σ ('rescaled'), max(lmmse − mmse, 0)/σ² ('structure') or max(lmmse − mmse, 0)/σ
+        ('rescaled-structure') over the grid, no gate,
         with a TIME_FLOOR log-uniform share so that it rises strictly even where the rate vanishes; linear
         in log σ beyond the grid. τ_j is uniform between τ(sigma_max) and τ(sigma_min) (default: the
         grid's ends) and mapped back to σ.

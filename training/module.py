@@ -25,7 +25,7 @@ from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkp
 from .cli import RunStopped
 from .config import ConfigError, config_to_dict
 from .data import build_dataset
-from .entropy import PROFILE_SCHEDULES, EntropyProfile
+from .entropy import PROFILE_SCHEDULES, STRUCTURE_DENSITIES, EntropyProfile
 from .loss import edm_loss
 from .metrics import sample_metrics
 from .noise import build_noise
@@ -167,14 +167,14 @@ class EDMModule(L.LightningModule):
 
     def draw_sigma(self, n):
         """σ [n] for a training batch: from the base distribution, or from the profile after the warm-up.
-        The structure density draws from the profile only with probability α = profile.structure_fraction()
+        The structure densities draw from the profile only with probability α = profile.structure_fraction()
         and from the base otherwise, so it starts as the base while the model is still about the
         Wiener filter and the structure measured is about zero."""
         generator, device = self.sigma_generator, self.device
         if not self._entropic():
             return self.noise.sample(n, generator=generator, device=device)
         sigma = self.profile.sample(n, generator=generator)
-        if self.config.noise.density == 'structure':
+        if self.config.noise.density in STRUCTURE_DENSITIES:
             base = self.noise.sample(n, generator=generator, device=device)
             use_profile = torch.rand(n, generator=generator, device=device) < self.profile.structure_fraction()
             sigma = torch.where(use_profile, sigma, base)
@@ -186,7 +186,7 @@ class EDMModule(L.LightningModule):
         if not self._entropic():
             return base
         profile = self.profile.log_density(sigma)
-        if self.config.noise.density != 'structure':
+        if self.config.noise.density not in STRUCTURE_DENSITIES:
             return profile
         alpha = self.profile.structure_fraction().to(sigma.device, sigma.dtype)
         return torch.logaddexp(alpha.log() + profile, (1 - alpha).log() + base)
@@ -277,7 +277,7 @@ class EDMModule(L.LightningModule):
         scalars = {'train/loss': loss, 'train/grad_norm': grad_norm,  # the norm before clipping
                    'train/lr': lr, 'train/nonfinite_steps': self.nonfinite_steps,  # skipped so far, whole run
                    **{f'sigma/q{q}': value for q, value in zip((10, 50, 90), quantiles)}}
-        if self.config.noise.density == 'structure':
+        if self.config.noise.density in STRUCTURE_DENSITIES:
             scalars['noise/structure_fraction'] = self.profile.structure_fraction()
         scalars = {name: float(value) for name, value in scalars.items()}
         self.progress_metrics = {'loss': f"{scalars['train/loss']:.3g}"}
