@@ -224,6 +224,9 @@ def main():
     if args.summarise_only:  # from the cached runs, over the seeds every dataset and variant has
         cached = lambda d, v, s: out / 'runs' / f'{d}-{v}-{s}.json'
         seeds = {d: [s for s in args.seeds if all(cached(d, v, s).is_file() for v in args.variants)] for d in args.datasets}
+        for d in args.datasets:
+            if not seeds[d]:
+                parser.error(f'--summarise-only: no seed of {d} has a cached run of every variant in {out / "runs"}')
         results = {(d, v, s): json.loads(cached(d, v, s).read_text())
                    for d in args.datasets for s in seeds[d] for v in args.variants}
         return summarise(results, args.datasets, args.variants, seeds, out)

@@ -99,3 +99,10 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
     table = (out / 'results.md').read_text()
     assert '| mnist (1 seeds, classifier Fréchet distance) | structure |' in table
     assert (out / 'curves.png').is_file()
+
+
+def test_summarising_without_cached_runs_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', ['entropic_training.py', '--summarise-only', '--datasets', 'ring', '--out', str(tmp_path)])
+    with pytest.raises(SystemExit):
+        entropic_training.main()
+    assert f'no seed of ring has a cached run of every variant in {tmp_path / "runs"}' in capsys.readouterr().err
