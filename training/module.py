@@ -259,8 +259,8 @@ class EDMModule(L.LightningModule):
 
     def _bin_errors(self):
         """Add the errors of the steps since the last call to the profile's pending sums and to the
-        loss-against-σ bins, all at once: binning is two dozen small tensor operations (0.17 ms, about 4%
-        of the default toy model's step on a 2-core CPU), so it runs every BIN_EVERY steps and at
+        loss-against-σ bins, all at once: binning is two dozen small tensor operations (0.28 ms, about 4%
+        of the default toy model's step on a 2-core CPU; README, Entropic time), so it runs every BIN_EVERY steps and at
         refreshes, figures and checkpoints rather than at every step. The profile's sums come out the
         same however the steps are grouped (`EntropyProfile.update`)."""
         if self._unbinned:
@@ -272,7 +272,7 @@ class EDMModule(L.LightningModule):
     def _log_scalars(self, step, loss, grad_norm, lr, sigma):
         """The scalars of step `step` (0-based, as Lightning counts them), straight to the loggers:
         once `self.log` holds values Lightning walks them on every step, logged or not (with `self.log`,
-        2.6% of the default toy run's training loop in a py-spy profile). The progress bar shows the
+        a few percent of the default toy run's training loop in a py-spy profile). The progress bar shows the
         loss (`ProgressBar`)."""
         quantiles = torch.quantile(sigma.float(), torch.tensor([0.1, 0.5, 0.9], device=sigma.device))
         scalars = {'train/loss': loss, 'train/grad_norm': grad_norm,  # the norm before clipping
