@@ -9,7 +9,9 @@ with the 18-step Heun sampler. Toy data: 4000 samples; quality is the exact-NLL 
 the samples minus the data's entropy, nats; 0 is perfect), and the sliced Wasserstein distance.
 MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits): 1000 samples, 100 of each class
 (conditional, guidance 1); quality is the Fréchet distance in the features of the project's digit
-classifier (`fid.py --features classifier`; trained once and cached) against all 5,000 digits.
+classifier (`fid.py --features classifier`; trained once per machine and cached) against all 5,000
+digits. Fréchet distances compare only within one classifier: each MNIST run records its classifier's
+fingerprint, and a cached run or a summary that mixes classifiers stops with an error.
 Speed-up of a distribution = steps lognormal needs to first reach its final quality ÷ steps the
 distribution needs for the same (mean over seeds, linear interpolation between evaluations;
 'not reached' when it never gets there), and the same paired by seed (each seed's run against
@@ -21,6 +23,7 @@ interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -62,6 +65,21 @@ def classifier_path(data):
     return path
 
 
+def classifier_fingerprint(path):
+    """The first 16 hex digits of the SHA-256 of a classifier's weights file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_one_classifier(results, dataset):
+    """The one classifier fingerprint of `dataset`'s results (None for runs cached before fingerprints);
+    raises SystemExit when they differ, since their Fréchet distances are in different features."""
+    fingerprints = {r.get('classifier') for (d, *_), r in results.items() if d == dataset}
+    if len(fingerprints) > 1:
+        raise SystemExit(f'{dataset}: cached runs measured with different classifiers ({", ".join(map(str, sorted(fingerprints, key=str)))}): '
+                         'their Fréchet distances are not comparable; rerun them in one --out')
+    return fingerprints.pop() if fingerprints else None
+
+
 def classifier_frechet(module, classifier, reference, seed):
     """Fréchet distance, in the classifier's features, between SAMPLES_PER_CLASS samples of each class
     (conditional, guidance 1) and `reference` (the features of the training digits)."""
@@ -89,12 +107,23 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
     from training.module import EDMModule
 
     path = out / 'runs' / f'{dataset}-{variant}-{seed}.json'
+    config_file = CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml')
+    if dataset in IMAGES:
+        from training.data import build_dataset
+        weights = classifier_path(build_dataset(load_config(config_file).data))
+        fingerprint = classifier_fingerprint(weights)
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if dataset in IMAGES and cached.get('classifier') != fingerprint:
+            raise SystemExit(f'{path}: measured with classifier {cached.get("classifier")}, not {fingerprint} '
+                             f'({weights}): move it aside or use another --out')
+        return cached
 
     class Evaluate(L.Callback):
         def __init__(self):
             self.result = {'step': [], 'sigma_q10_50_90': []}
+            if dataset in IMAGES:
+                self.result['classifier'] = fingerprint
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step not in evals:
@@ -118,14 +147,14 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             self.result['sigma_q10_50_90'].append(torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9])).tolist())
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml'), VARIANTS[variant] + [
+        config = load_config(config_file, VARIANTS[variant] + [
             f'seed={seed}', f'trainer.max_steps={steps}', f'run_dir={tmp}', 'trainer.progress_bar=false',
             f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={10 * steps}', 'trainer.log_every=500'])
         torch.manual_seed(seed)
         model = EDMModule(config)
         if dataset in IMAGES:
             classifier = DigitClassifier()
-            classifier.load_state_dict(torch.load(classifier_path(model.dataset), weights_only=True)['state_dict'])
+            classifier.load_state_dict(torch.load(weights, weights_only=True)['state_dict'])
             classifier.eval()
             with torch.no_grad():
                 reference = classifier.features(model.dataset.images.cpu().float() / 127.5 - 1)
@@ -186,7 +215,9 @@ def summarise(results, datasets, variants, seeds_by_dataset, out):
             q = np.mean([results[d, v, s]['sigma_q10_50_90'][-1] for s in seeds], axis=0)
             cells = ' / '.join(f'{m:.2f}±{sd:.2f}' for m, sd in zip(mean, quality.std(0)))
             lines.append(f'| {d} ({len(seeds)} seeds, {QUALITY[key]}) | {v} | {cells} | {swd} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} | {paired} |')
-    header = f"evaluation steps: {steps}; seeds per dataset: {seeds_by_dataset}\n\n"
+    classifiers = {d: check_one_classifier(results, d) for d in datasets if d in IMAGES}
+    header = f"evaluation steps: {steps}; seeds per dataset: {seeds_by_dataset}"
+    header += ''.join(f'; {d} classifier {c or "not recorded"}' for d, c in classifiers.items()) + '\n\n'
     (out / 'results.md').write_text(header + '\n'.join(lines) + '\n')
     print(header + '\n'.join(lines))
 

@@ -1,5 +1,5 @@
 """The benchmarks' own arithmetic: train_overhead.py's windows; the MNIST path of entropic_training.py, its
-quality number and one cached run."""
+quality number, one cached run and the classifier it was measured with."""
 
 import json
 import sys
@@ -95,10 +95,24 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
         assert 'gap' not in results['mnist', variant, 0]
     cached = json.loads((out / 'runs' / 'mnist-structure-0.json').read_text())
     assert cached == results['mnist', 'structure', 0]
+    fingerprint = entropic_training.classifier_fingerprint(classifier[1])
+    assert cached['classifier'] == fingerprint
     entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
     table = (out / 'results.md').read_text()
+    assert f'mnist classifier {fingerprint}' in table.splitlines()[0]
     assert '| mnist (1 seeds, classifier Fréchet distance) | structure |' in table
     assert (out / 'curves.png').is_file()
+
+    # Another machine's classifier: its distances are in other features, so the cache is refused...
+    other = tmp_path / 'other.pt'
+    other.write_bytes(classifier[1].read_bytes() + b'\0')
+    monkeypatch.setattr(entropic_training, 'classifier_path', lambda data: other)
+    with pytest.raises(SystemExit, match='mnist-structure-0.json: measured with classifier ' + fingerprint):
+        entropic_training.run_one('mnist', 'structure', 0, steps=4, evals={2, 4}, out=out)
+    # ...and so is a summary that mixes the two.
+    results['mnist', 'structure', 0] = {**cached, 'classifier': entropic_training.classifier_fingerprint(other)}
+    with pytest.raises(SystemExit, match='mnist: cached runs measured with different classifiers'):
+        entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
 
 
 def test_summarising_without_cached_runs_names_what_is_missing(tmp_path, monkeypatch, capsys):

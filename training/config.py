@@ -16,6 +16,11 @@ from typing import Literal, Optional
 
 import yaml
 
+from sampling.schedules import SCHEDULES
+from sampling.solvers import SOLVERS
+
+from .entropy import DENSITIES, PROFILE_SCHEDULES
+
 
 class ConfigError(ValueError):
     """A config problem, with a one-line message naming the key."""
@@ -147,7 +152,7 @@ class NoiseConfig:
     floor: float = 0.05
     gate_c: Optional[float] = None
     gate_n: float = 3.0
-    density: Literal['entropic', 'rescaled', 'structure', 'rescaled-structure'] = 'entropic'
+    density: Literal[DENSITIES] = 'entropic'
     structure_nats: float = 0.1
     spectrum_samples: int = 65536  # data points behind the covariance spectrum, drawn once at set-up
     weighting: Literal['keep', 'importance'] = 'keep'
@@ -222,11 +227,10 @@ class SampleConfig:
     """Sampling used for the figures and metrics logged during training, and the sample.py defaults."""
     num: int = 2000
     steps: int = 18
-    solver: Literal['heun', 'euler', 'ddim', 'euler_ancestral', 'dpmpp_2m'] = 'heun'
+    solver: Literal[tuple(SOLVERS)] = 'heun'
     # entropic, rescaled-entropic: uniform in (rescaled) entropic time of the checkpoint's profile;
     # structure: uniform in the structure it measures (its structure rate integrated over log σ)
-    schedule: Literal['karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure',
-                      'rescaled-structure'] = 'karras'
+    schedule: Literal[tuple(SCHEDULES) + tuple(PROFILE_SCHEDULES)] = 'karras'
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
