@@ -7,7 +7,7 @@ For each toy mixture, with its EXACT denoiser (the discretisation error alone), 
 checkpoint (a trained model), the entropy profile is estimated offline with that same denoiser
 (`EntropyProfile.from_denoiser`, as in arXiv 2504.13612) and each schedule is run with euler,
 heun and dpmpp_2m at about the requested NFE (heun: steps = (NFE + 1) // 2, so NFE = 2·steps − 1).
-Quality: the exact-NLL gap of the samples (mean −log p minus the data entropy, nats; 0 is perfect)
+Quality: the exact-NLL gap of the samples (mean −log p minus the data entropy, nats; 0 for samples of the data itself)
 and, for the exact denoiser, the RMS distance of each endpoint to a 512-step Heun solution from
 the same noise. Writes DIR/results.md and DIR/nfe.png.
 """

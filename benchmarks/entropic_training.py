@@ -6,7 +6,8 @@
 Every run is `train.py`'s own Lightning loop (the same model, batch, optimizer, EMA) with one
 σ distribution; runs differ only in `noise.*`. At each evaluation step the EMA model draws samples
 with the 18-step Heun sampler. Toy data: 4000 samples; quality is the exact-NLL gap (mean −log p of
-the samples minus the data's entropy, nats; 0 is perfect), and the sliced Wasserstein distance.
+the samples minus the data's entropy, nats; 0 for samples of the data itself), and the sliced Wasserstein distance; the
+table shows beside them the floor, the same sampler and noise with the data's exact denoiser.
 MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits): 1000 samples, 100 of each class
 (conditional, guidance 1); quality is the Fréchet distance in the features of the project's digit
 classifier (`fid.py --features classifier`; trained once per machine and cached) against all 5,000
@@ -65,6 +66,41 @@ def classifier_path(data):
     return path
 
 
+def config_file(dataset):
+    """The YAML experiment a dataset's runs start from."""
+    return CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml')
+
+
+def toy_reference(mixture):
+    """(4000 fresh samples of `mixture`, its entropy in nats by Monte Carlo over 100,000 samples): what
+    every toy evaluation compares with, the same for every run."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    reference = mixture.sample(4000, generator=generator)
+    entropy = -mixture.log_prob(mixture.sample(100000, generator=generator).double()).mean().item()
+    return reference, entropy, generator
+
+
+def exact_floor(dataset, seed):
+    """{'gap', 'swd'} of the toy evaluation's sampler (18-step Heun, ρ=7, 4000 samples from the initial
+    noise of `seed`) run with the data's exact denoiser: the floor any trained model is held to."""
+    import torch
+
+    import sampling
+    from training.config import load_config
+    from training.data import build_dataset
+    from training.metrics import mixture_nll, sliced_wasserstein
+
+    config = load_config(config_file(dataset))
+    mixture, s = build_dataset(config.data).mixture, config.sample
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(seed))
+    sigmas = sampling.karras_sigmas(18, s.sigma_min, s.sigma_max, s.rho)
+    x = sampling.sample(mixture.denoise, noise, sigmas, 'heun')
+    reference, entropy, generator = toy_reference(mixture)
+    return {'gap': mixture_nll(mixture, x) - entropy, 'swd': sliced_wasserstein(x, reference, generator=generator)}
+
+
 def classifier_fingerprint(path):
     """The first 16 hex digits of the SHA-256 of a classifier's weights file."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -107,10 +143,9 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
     from training.module import EDMModule
 
     path = out / 'runs' / f'{dataset}-{variant}-{seed}.json'
-    config_file = CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml')
     if dataset in IMAGES:
         from training.data import build_dataset
-        weights = classifier_path(build_dataset(load_config(config_file).data))
+        weights = classifier_path(build_dataset(load_config(config_file(dataset)).data))
         fingerprint = classifier_fingerprint(weights)
     if path.is_file():
         cached = json.loads(path.read_text())
@@ -128,14 +163,13 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step not in evals:
                 return
-            gen = torch.Generator().manual_seed(1234)
             if dataset in IMAGES:
                 quality = {'fd': classifier_frechet(module, classifier, reference, seed)}
+                gen = torch.Generator().manual_seed(1234)
             else:
                 x = module.sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
                 mixture = module.dataset.mixture
-                reference_x = mixture.sample(4000, generator=gen)
-                entropy = -mixture.log_prob(mixture.sample(100000, generator=gen).double()).mean().item()
+                reference_x, entropy, gen = toy_reference(mixture)
                 quality = {'gap': mixture_nll(mixture, x) - entropy,
                            'swd': sliced_wasserstein(x, reference_x, generator=gen)}
             module.sigma_generator, training_stream = gen, module.sigma_generator  # left untouched
@@ -147,7 +181,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             self.result['sigma_q10_50_90'].append(torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9])).tolist())
 
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(config_file, VARIANTS[variant] + [
+        config = load_config(config_file(dataset), VARIANTS[variant] + [
             f'seed={seed}', f'trainer.max_steps={steps}', f'run_dir={tmp}', 'trainer.progress_bar=false',
             f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={10 * steps}', 'trainer.log_every=500'])
         torch.manual_seed(seed)
@@ -198,6 +232,11 @@ def summarise(results, datasets, variants, seeds_by_dataset, out):
         seeds, key = seeds_by_dataset[d], 'fd' if d in IMAGES else 'gap'
         base = np.mean([results[d, 'lognormal', s][key] for s in seeds], axis=0)
         steps = results[d, 'lognormal', seeds[0]]['step']
+        if key == 'gap':  # the same sampler with the exact denoiser: the same value at every evaluation
+            floors = [exact_floor(d, s) for s in seeds]
+            gap = np.array([f['gap'] for f in floors])
+            lines.append(f"| {d} ({len(seeds)} seeds, {QUALITY[key]}) | exact denoiser (floor) | {gap.mean():.3f}±{gap.std():.3f} at every step "
+                         f"| {np.mean([f['swd'] for f in floors]):.4f} | – | – | – |")
         for v in variants:
             quality = np.array([results[d, v, s][key] for s in seeds])
             mean = quality.mean(0)

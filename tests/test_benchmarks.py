@@ -1,5 +1,6 @@
 """The benchmarks' own arithmetic: train_overhead.py's windows; the MNIST path of entropic_training.py, its
-quality number, one cached run and the classifier it was measured with."""
+quality number, one cached run and the classifier it was measured with; the toy path beside its
+exact-denoiser floor."""
 
 import json
 import sys
@@ -82,7 +83,8 @@ def test_classifier_frechet_separates_real_digits_from_blurred_and_noise(digits,
 def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monkeypatch):
     config = tmp_path / 'tiny.yaml'
     config.write_text(Path('configs/mnist/fast.yaml').read_text().replace('ddpmpp-mnist-fast', 'ddpmpp-tiny')
-                      .replace('batch_size: 32', 'batch_size: 8').replace('steps: 18', 'steps: 3'))
+                      .replace('batch_size: 32', 'batch_size: 8').replace('steps: 18', 'steps: 3')
+                      .replace('P_std: 1.2', 'P_std: 1.2\n  spectrum_samples: 256'))
     monkeypatch.setitem(entropic_training.CONFIGS, 'mnist', str(config))
     monkeypatch.setattr(entropic_training, 'classifier_path', lambda data: classifier[1])
     monkeypatch.setattr(entropic_training, 'SAMPLES_PER_CLASS', 20)  # 200 samples per evaluation
@@ -120,3 +122,18 @@ def test_summarising_without_cached_runs_names_what_is_missing(tmp_path, monkeyp
     with pytest.raises(SystemExit):
         entropic_training.main()
     assert f'no seed of ring has a cached run of every variant in {tmp_path / "runs"}' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_toy_runs_are_summarised_beside_the_exact_denoisers_floor(tmp_path):
+    floor = entropic_training.exact_floor('ring', 0)
+    # The evaluation's own sampler with the exact denoiser lands on the 8 modes: a small gap.
+    assert 0 < floor['gap'] < 0.2, floor
+    out, results = tmp_path / 'bench', {}
+    for variant in ('lognormal', 'structure'):
+        results['ring', variant, 0] = entropic_training.run_one('ring', variant, 0, steps=20, evals={20}, out=out)
+        assert results['ring', variant, 0]['step'] == [20]
+        assert results['ring', variant, 0]['gap'][0] > 10 * floor['gap']  # 20 steps train nothing yet
+    entropic_training.summarise(results, ['ring'], ['lognormal', 'structure'], {'ring': [0]}, out)
+    row = next(line for line in (out / 'results.md').read_text().splitlines() if 'exact denoiser (floor)' in line)
+    assert f"| {floor['gap']:.3f}±0.000 at every step | {floor['swd']:.4f} |" in row

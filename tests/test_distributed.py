@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import train
+from training import fidelity
 from training.config import ConfigError, load_config
+from training.data import build_dataset
 from training.module import batch_split
 
 from .test_reliability import SMALL, _SendSignal, _with_callback, assert_same_training_state
@@ -121,6 +123,10 @@ def test_torchrun_sampling_shares_out_the_seeds_and_matches_one_process(tmp_path
                 'trainer.batch_size=4', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
                 'noise.spectrum_samples=256', f'run_dir={run_dir}'])
     ckpt = str(run_dir / 'checkpoints' / 'last.ckpt')
+    # A classifier trained briefly, in the cache sample.py reads: the test is about sharing out the
+    # seeds, not about the classifier (fid.py's own training of it is tested with the image metrics).
+    data = build_dataset(load_config('configs/mnist/small.yaml').data)
+    fidelity.train_classifier(data, fidelity.classifier_file(data, tmp_path / 'cache'), steps=20)
     common = ['sample.py', '--ckpt', ckpt, '--seeds', '0-10', '--batch', '3', '--steps', '3', '--solver', 'euler_ancestral']
     classifier = ['--fid', '--features', 'classifier', '--cache-dir', str(tmp_path / 'cache'), '--num-reference', '100',
                   '--metrics', 'fid', '--json', str(tmp_path / 'fid.json')]

