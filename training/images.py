@@ -76,7 +76,7 @@ def mnist_5k(resolution=32):
     # The file of `mnist_data()`, read by numpy's C parser: 0.3 s here against its genfromtxt's 5.6 s.
     rows = torch.from_numpy(np.loadtxt(mnist.DATA_PATH, delimiter=',', dtype=np.uint8))  # 784 pixels, label
     images = rows[:, :-1].reshape(-1, 1, 28, 28)
-    return ImageData('mnist-5k', _pad(images, resolution), rows[:, -1].long())
+    return ImageData('mnist-5k', _pad(images, resolution), rows[:, -1])
 
 
 def torchvision_data(name, root, train=True, download=False, resolution=32, xflip=False):
