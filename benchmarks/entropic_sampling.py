@@ -40,7 +40,7 @@ def schedule(name, profile, steps):
 
 def evaluate(label, denoiser, mixture, nfes, num, exact):
     gen = torch.Generator().manual_seed(0)
-    entropy = -mixture.log_prob(mixture.sample(100000, generator=gen).double()).mean().item()
+    entropy = mixture.entropy(100000, generator=gen)
     profile = EntropyProfile.from_denoiser(denoiser, mixture.sample, SIGMA_MIN, SIGMA_MAX, num_points=128,
                                            samples_per_point=2048, generator=torch.Generator().manual_seed(1))
     noise = torch.randn(num, mixture.dim, generator=torch.Generator().manual_seed(2))

@@ -3,7 +3,7 @@
     python benchmarks/train_overhead.py [--steps 4000] [--warmup 200] [--window 1000] [--repeats 5] [--threads N]
                                         [key=value ...]
 
-Both loops train the same model (the default config unless overridden) with the same batch,
+The loops train the same model (the default config unless overridden) with the same batch,
 optimizer, data and σ draws, loss and EMA update, on the same device, alternating A/B/A/B in
 one process. Logging, checkpoints and figures run at the config's intervals, as in a real run:
 the default 4000 steps are the whole built-in default run, with a checkpoint every 1000 steps
@@ -18,9 +18,15 @@ EDM's training loop reports apart from its training speed; the ratio of whole ru
 (fastest run of each) is printed beside it. A third loop, the hand-written step inside a
 LightningModule trained by a bare Trainer (no logger, checkpoints, progress bar or callbacks), shows
 how much of the difference is Lightning's own loop and how much is train.py's.
+
+`import lightning` sets PYTORCH_NVML_BASED_CUDA_CHECK=1, under which torch's Adam asks NVML for the
+GPU count at every step of a CPU run; train.py's loop trains without it (`RuntimeCudaCheck`), and so
+do the hand-written loop (a script that never imports Lightning) and Lightning's own loop. A fourth
+loop, the hand-written one under that check, measures what it costs.
 """
 
 import argparse
+import contextlib
 import copy
 import itertools
 import sys
@@ -37,7 +43,7 @@ from ema_pytorch import EMA  # noqa: E402
 import train  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.loss import edm_loss  # noqa: E402
-from training.module import EDMModule  # noqa: E402
+from training.module import EDMModule, without_nvml_check  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -106,14 +112,17 @@ class HandWritten:
         self.ema.update()
 
 
-def plain_step_times(config, steps, device):
+def plain_step_times(config, steps, device, nvml_check=False):
+    """The hand-written loop's step boundaries [steps + 1]: as a script that never imports Lightning
+    runs it, or with `nvml_check` under the CUDA check `import lightning` sets (`without_nvml_check`)."""
     loop = HandWritten(config, device)
     times = []
-    for _ in range(steps):
-        times.append(time.perf_counter())
-        loop.step(torch.Tensor.backward, loop.optimizer)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+    with contextlib.nullcontext() if nvml_check else without_nvml_check():
+        for _ in range(steps):
+            times.append(time.perf_counter())
+            loop.step(torch.Tensor.backward, loop.optimizer)
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
     times.append(time.perf_counter())
     return times
 
@@ -147,7 +156,8 @@ def bare_lightning_step_times(config, steps):
     timer = StepTimer()
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
-    trainer.fit(BareModule(config))
+    with without_nvml_check():  # as train.py trains (RuntimeCudaCheck): Lightning's loop alone
+        trainer.fit(BareModule(config))
     return timer.times
 
 
@@ -181,7 +191,7 @@ def main():
         torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    windows = {'plain': [], 'bare': [], 'train': []}
+    windows = {'plain': [], 'nvml': [], 'bare': [], 'train': []}
     runs = {'plain': [], 'train': []}
     figures = []
     timed = args.steps - args.warmup
@@ -189,6 +199,7 @@ def main():
         times = plain_step_times(config, args.steps, device)
         windows['plain'] += window_rates(times, args.warmup, args.window)
         runs['plain'].append(timed / (times[-1] - times[args.warmup]))
+        windows['nvml'] += window_rates(plain_step_times(config, args.steps, device, nvml_check=True), args.warmup, args.window)
         windows['bare'] += window_rates(bare_lightning_step_times(config, args.steps), args.warmup, args.window)
         times, figure_seconds = lightning_step_times(config, args.steps)
         windows['train'] += window_rates(times, args.warmup, args.window, figure_seconds)
@@ -199,12 +210,14 @@ def main():
     print(f'device {device}, threads {torch.get_num_threads()}, batch {config.trainer.batch_size}, {args.repeats} runs '
           f'of {args.steps} steps each, timed after step {args.warmup}, in windows of {args.window} steps')
     print(f"hand-written loop:         fastest window {best['plain']:6.1f} steps/s   (windows: {values(windows['plain'])})")
+    print(f"hand-written, NVML check:  fastest window {best['nvml']:6.1f} steps/s   (windows: {values(windows['nvml'])})")
     print(f"Lightning's own loop:      fastest window {best['bare']:6.1f} steps/s   (windows: {values(windows['bare'])})")
     print(f"train.py loop:             fastest window {best['train']:6.1f} steps/s   (windows: {values(windows['train'])}; "
           f"figures and sample metrics left out: {', '.join(f'{s:.1f}' for s in figures)} s a run)")
     print(f"ratio train.py / hand-written: {best['train'] / best['plain']:.3f}  (target >= 0.85); "
           f"Lightning's own loop / hand-written: {best['bare'] / best['plain']:.3f}; "
           f"train.py / Lightning's own loop: {best['train'] / best['bare']:.3f}")
+    print(f"hand-written under the NVML check that `import lightning` sets / without it: {best['nvml'] / best['plain']:.3f}")
     print(f"whole runs, figures included, fastest of each: hand-written {max(runs['plain']):.1f} steps/s, "
           f"train.py {max(runs['train']):.1f} steps/s, ratio {max(runs['train']) / max(runs['plain']):.3f}")
 

@@ -77,6 +77,10 @@ class GaussianMixture:
         x = self.means[k] + torch.einsum('nij,nj->ni', self.bases[k], self.eigvals[k].sqrt() * z)
         return x.float()
 
+    def entropy(self, num_samples=100_000, generator=None):
+        """H[p] of the data (σ = 0) in nats by Monte Carlo: minus the mean float64 log p of `num_samples` draws."""
+        return -self.log_prob(self.sample(num_samples, generator=generator).double()).mean().item()
+
     def _components(self, x, sigma):
         """Per-sample, per-component terms: log w_k N(x; μ_k, S_k + σ²I) [n,K], coordinates
         y = U_kᵀ(x − μ_k) [n,K,d] and variances l_k + σ² [n,K,d]."""

@@ -32,8 +32,8 @@ def test_overhead_benchmark_prints_its_ratios(capsys, monkeypatch):
                                       '--repeats', '1', 'trainer.plot_every=30', 'trainer.ckpt_every=30'])
     train_overhead.main()
     out = capsys.readouterr().out
-    for line in ('hand-written loop:', "Lightning's own loop:", 'train.py loop:', 'ratio train.py / hand-written:',
-                 'whole runs, figures included'):
+    for line in ('hand-written loop:', 'hand-written, NVML check:', "Lightning's own loop:", 'train.py loop:',
+                 'ratio train.py / hand-written:', 'whole runs, figures included', 'under the NVML check'):
         assert line in out, line
     left_out = float(out.split('left out: ')[1].split(' s')[0])
     assert left_out > 0  # the figures at step 30 fell inside the timed run

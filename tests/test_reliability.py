@@ -118,6 +118,35 @@ def _with_callback(trainer, callback):
     return trainer
 
 
+class _RecordNvmlCheck(L.Callback):
+    """Records Lightning's NVML-check variable at every step; raises at step `fail_at`."""
+
+    def __init__(self, fail_at=None):
+        self.seen, self.fail_at = [], fail_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append(os.environ.get(module_lib.NVML_CHECK))
+        if trainer.global_step == self.fail_at:
+            raise RuntimeError('failing on purpose')
+
+
+@pytest.mark.parametrize('fail_at', [None, 3])
+def test_cpu_training_steps_without_lightnings_nvml_check_and_restores_it(fail_at, tmp_path, monkeypatch):
+    # Lightning sets the variable at import; torch's Adam then asks NVML at every step (module.RuntimeCudaCheck).
+    assert os.environ.get(module_lib.NVML_CHECK) == '1'
+    recorder = _RecordNvmlCheck(fail_at)
+    build = train.build_trainer
+    monkeypatch.setattr(train, 'build_trainer', lambda config, run_dir: _with_callback(build(config, run_dir), recorder))
+    args = SMALL + ['trainer.max_steps=6', f'run_dir={tmp_path}']
+    if fail_at is None:
+        train.main(args)
+    else:
+        with pytest.raises(RuntimeError, match='failing on purpose'):
+            train.main(args)
+    assert recorder.seen == [None] * (fail_at or 6)
+    assert os.environ.get(module_lib.NVML_CHECK) == '1'  # given back, after a crash as well
+
+
 # ------------------------------------------------------------------------------------------------
 # Real processes, killed at random moments
 
