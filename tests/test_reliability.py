@@ -270,6 +270,37 @@ def test_nonfinite_streak_stops_the_run_naming_step_and_sigma(tmp_path, monkeypa
     assert _checkpoint(run_dir)['global_step'] == 20  # the last good checkpoint, not overwritten
 
 
+def test_a_step_with_a_finite_loss_and_an_infinite_gradient_is_skipped(monkeypatch):
+    config = load_config('configs/toy/default.yaml', ['trainer.batch_size=64', 'ema.update_after_step=0'])
+    backward, calls = EDMModule.manual_backward, [0]
+
+    def manual_backward(self, loss):
+        backward(self, loss)
+        if calls[0] == 2:  # the third batch: one gradient entry overflows, the loss stays finite
+            next(self.denoiser.parameters()).grad.view(-1)[7] = torch.inf
+        calls[0] += 1
+
+    monkeypatch.setattr(EDMModule, 'manual_backward', manual_backward)
+    trainer = L.Trainer(max_steps=4, accelerator='cpu', devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    model = EDMModule(config)
+    trainer.fit(model)
+    assert (calls[0], trainer.global_step, model.nonfinite_steps, model.ema.step.item()) == (5, 4, 1, 4)
+    assert all(torch.isfinite(p).all() for p in [*model.denoiser.parameters(), *model.ema.ema_model.parameters()])
+
+
+def test_any_nonfinite_finds_nan_and_infinities_and_leaves_every_value_as_it_was():
+    tensors = [torch.tensor([-0.0, 3.0e38, 1e-45]), torch.randn(4, 3), torch.tensor(2.0)]
+    before = [t.clone() for t in tensors]
+    assert not module_lib.any_nonfinite(tensors)
+    assert all(torch.equal(a, b) and torch.equal(a.signbit(), b.signbit()) for a, b in zip(tensors, before))
+    for value in (torch.nan, torch.inf, -torch.inf):
+        for i in range(3):
+            poisoned = [t.clone() for t in tensors]
+            poisoned[i].view(-1)[-1] = value
+            assert module_lib.any_nonfinite(poisoned), (value, i)
+
+
 # ------------------------------------------------------------------------------------------------
 # Degenerate statistics never give NaN or infinite σ
 
