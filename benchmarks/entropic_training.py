@@ -72,14 +72,15 @@ def config_file(dataset):
 
 
 def toy_reference(mixture):
-    """(4000 fresh samples of `mixture`, its entropy in nats by Monte Carlo over 100,000 samples): what
-    every toy evaluation compares with, the same for every run."""
+    """(4000 fresh samples of `mixture`, its entropy in nats by Monte Carlo over 100,000 samples, the
+    generator's state after drawing them): what every toy evaluation compares with, the same for every
+    run; each evaluation draws its SWD projections (and σ quantiles) from a generator in that state."""
     import torch
 
     generator = torch.Generator().manual_seed(1234)
     reference = mixture.sample(4000, generator=generator)
     entropy = mixture.entropy(100000, generator=generator)
-    return reference, entropy, generator
+    return reference, entropy, generator.get_state()
 
 
 def exact_floors(dataset, seeds):
@@ -96,13 +97,12 @@ def exact_floors(dataset, seeds):
     config = load_config(config_file(dataset))
     mixture, s = build_dataset(config.data).mixture, config.sample
     sigmas = sampling.karras_sigmas(18, s.sigma_min, s.sigma_max, s.rho)
-    reference, entropy, generator = toy_reference(mixture)
-    projections = generator.get_state()  # each evaluation's SWD starts from this state
+    reference, entropy, after_reference = toy_reference(mixture)
     floors = []
     for seed in seeds:
         noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(seed))
         x = sampling.sample(mixture.denoise, noise, sigmas, 'heun')
-        generator.set_state(projections)
+        generator = torch.Generator().set_state(after_reference)
         floors.append({'gap': mixture_nll(mixture, x) - entropy, 'swd': sliced_wasserstein(x, reference, generator=generator)})
     return floors
 
@@ -165,7 +165,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             self.result = {'step': [], 'sigma_q10_50_90': []}
             if dataset in IMAGES:
                 self.result['classifier'] = fingerprint
-            self.toy = None  # (reference, entropy, generator, its state after them): one run's, built once
+            self.toy = None  # `toy_reference` of the run's mixture, built at its first evaluation
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step not in evals:
@@ -176,11 +176,9 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             else:
                 x = module.sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
                 mixture = module.dataset.mixture
-                if self.toy is None:
-                    reference_x, entropy, gen = toy_reference(mixture)
-                    self.toy = reference_x, entropy, gen, gen.get_state()
-                reference_x, entropy, gen, after_reference = self.toy
-                gen.set_state(after_reference)  # as if drawn anew: every evaluation's projections and σ the same
+                self.toy = self.toy or toy_reference(mixture)
+                reference_x, entropy, after_reference = self.toy
+                gen = torch.Generator().set_state(after_reference)
                 quality = {'gap': mixture_nll(mixture, x) - entropy,
                            'swd': sliced_wasserstein(x, reference_x, generator=gen)}
             module.sigma_generator, training_stream = gen, module.sigma_generator  # left untouched
