@@ -10,27 +10,26 @@ Resuming takes the config stored in the checkpoint (overrides still apply) unles
 import os
 import sys
 import time
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from training.checkpoint import AtomicCheckpointIO, remove_stale_temporaries
+from training.checkpoint import AtomicCheckpointIO, Checkpoints, read_checkpoint, remove_stale_temporaries
 from training.cli import Parser, UsageError, main_guard
-from training.config import config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
-from training.module import EDMModule, batch_split, load_model
+from training.config import ConfigError, config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
+from training.module import EDMModule, batch_split, model_from_checkpoint
 from training.shutdown import GracefulShutdown
 
 DEFAULT_CONFIG = 'configs/toy/default.yaml'
 
 
 def resolve_config(args):
-    """The validated config and the checkpoint to resume from (or None)."""
+    """The validated config, the checkpoint to resume from (or None) and its step (0 for a fresh run)."""
     overrides = parse_overrides(args.overrides)
     resume = args.resume or overrides.pop('resume', None)
     if resume == 'auto':
@@ -39,8 +38,11 @@ def resolve_config(args):
             raise UsageError("resume=auto needs run_dir=PATH to know where to look for checkpoints/last.ckpt")
         last = Path(run_dir) / 'checkpoints' / 'last.ckpt'
         resume = str(last) if last.is_file() else None
-    # Loading the whole model checks a checkpoint up front, so a bad one fails in one line.
-    stored = load_model(resume, device='cpu').config if resume is not None else None
+    stored, step = None, 0
+    if resume is not None:
+        checkpoint, stored = read_checkpoint(resume)
+        model_from_checkpoint(resume, checkpoint, stored, device='cpu')  # a checkpoint that does not load fails here, in one line
+        step = checkpoint['global_step']
     if stored is not None and not args.config:
         base = config_to_dict(stored)  # continue with the run's own config
     else:
@@ -49,7 +51,17 @@ def resolve_config(args):
     if config.run_dir is None:
         config.run_dir = default_run_dir(config)
     config.resume = resume
-    return config, resume
+    if resume is not None and step >= config.trainer.max_steps and not _finished_run(config, resume, step):
+        raise ConfigError(f'trainer.max_steps: {config.trainer.max_steps} is not beyond step {step} of {resume}: '
+                          'nothing to train (give a larger trainer.max_steps)')
+    return config, resume, step
+
+
+def _finished_run(config, resume, step):
+    """Whether `resume` is the last.ckpt of config.run_dir at exactly max_steps: the run is complete, and
+    `--resume auto` (a requeued job, the same command again) says so instead of failing."""
+    last = Path(config.run_dir) / 'checkpoints' / 'last.ckpt'
+    return step == config.trainer.max_steps and last.exists() and Path(resume).resolve() == last.resolve()
 
 
 def default_run_dir(config):
@@ -73,15 +85,7 @@ class ProgressBar(TQDMProgressBar):
 
 def build_trainer(config, run_dir):
     t = config.trainer
-    # Checkpoints hold the state after the step's update, as intended; Lightning warns about that
-    # under manual optimisation.
-    warnings.filterwarnings('ignore', message='Using ModelCheckpoint with manual optimization')
-    if config.resume:  # continuing in the same folder is the point
-        warnings.filterwarnings('ignore', message='Checkpoint directory .* exists and is not empty')
-    callbacks = [ModelCheckpoint(
-        dirpath=run_dir / 'checkpoints', filename='step-{step:07d}', auto_insert_metric_name=False,
-        every_n_train_steps=t.ckpt_every, save_top_k=-1, save_last=True),
-        GracefulShutdown(run_dir / 'checkpoints' / 'last.ckpt')]
+    callbacks = [Checkpoints(run_dir / 'checkpoints', t.ckpt_every), GracefulShutdown()]
     if t.progress_bar:
         callbacks.append(ProgressBar(refresh_rate=t.log_every))
     distributed = t.devices * t.num_nodes > 1 or int(os.environ.get('WORLD_SIZE', 1)) > 1
@@ -90,6 +94,7 @@ def build_trainer(config, run_dir):
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy, precision=t.precision, default_root_dir=run_dir,
         logger=TensorBoardLogger(run_dir, name='tensorboard', version=''), callbacks=callbacks,
+        enable_checkpointing=False,  # Lightning's ModelCheckpoint: `Checkpoints` writes instead
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
 
@@ -101,8 +106,13 @@ def main(argv=None):
     parser.add_argument('--resume', help="checkpoint to continue from, or 'auto' for run_dir's last.ckpt")
     parser.add_argument('overrides', nargs='*', help='dotted key=value overrides')
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after the flags
-    config, resume = resolve_config(args)
+    config, resume, step = resolve_config(args)
     run_dir = Path(config.run_dir)
+    last = run_dir / 'checkpoints' / 'last.ckpt'
+    if step == config.trainer.max_steps:  # a finished run resumed: Lightning would return at once, calling no hook
+        if int(os.environ.get('RANK', 0)) == 0:
+            print(f'cedm: done at step {step}; checkpoint {last}')
+        return
 
     L.seed_everything(config.seed, verbose=False)  # network initialisation; torch, numpy and Python streams
     model = EDMModule(config)
@@ -116,7 +126,6 @@ def main(argv=None):
         print(f'cedm: {config.name}: {num_params:,} parameters; run directory {run_dir}'
               + (f'; resuming from {resume}' if resume else ''))
     trainer.fit(model, ckpt_path=resume)
-    last = run_dir / 'checkpoints' / 'last.ckpt'
     shutdown = next(c for c in trainer.callbacks if isinstance(c, GracefulShutdown))
     if shutdown.stopped_at is not None:
         if trainer.is_global_zero:

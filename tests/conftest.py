@@ -13,10 +13,11 @@ torch.set_num_threads(1)  # tiny tensors: one thread is faster, and robust to a 
 
 @pytest.fixture(scope='session')
 def tiny_run(tmp_path_factory):
-    """A 60-step training run on the ring (in-process); returns its run directory."""
+    """A 70-step training run on the ring (in-process; periodic checkpoints at 30 and 60, the final
+    state in last.ckpt alone); returns its run directory."""
     import train
 
     run_dir = tmp_path_factory.mktemp('runs') / 'tiny'
-    train.main(['trainer.max_steps=60', 'trainer.ckpt_every=30', 'trainer.plot_every=30', 'trainer.log_every=10',
+    train.main(['trainer.max_steps=70', 'trainer.ckpt_every=30', 'trainer.plot_every=30', 'trainer.log_every=10',
                 'trainer.progress_bar=false', 'sample.num=200', 'trainer.batch_size=128', 'ema.update_after_step=10', f'run_dir={run_dir}'])
     return run_dir

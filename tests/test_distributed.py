@@ -57,12 +57,27 @@ def test_ranks_agree_on_weights_ema_and_profile_and_draw_their_own_noise(tmp_pat
 
 
 def test_torchrun_and_resume_of_a_two_process_run_is_bit_identical(tmp_path):
-    _run([*TORCHRUN, 'train.py', *RUN, 'trainer.max_steps=20', f'run_dir={tmp_path / "a"}'])
+    _run([*TORCHRUN, 'train.py', *RUN, 'trainer.max_steps=25', f'run_dir={tmp_path / "a"}'])  # ckpt_every 10
     _run([*TORCHRUN, 'train.py', '--resume', str(tmp_path / 'a' / 'checkpoints' / 'step-0000010.ckpt'),
           f'run_dir={tmp_path / "b"}'])
     a, b = _checkpoint(tmp_path / 'a'), _checkpoint(tmp_path / 'b')
-    assert a['global_step'] == 20
+    assert a['global_step'] == 25
+    for run, expected in (('a', ['last.ckpt', 'step-0000010.ckpt', 'step-0000020.ckpt']), ('b', ['last.ckpt', 'step-0000020.ckpt'])):
+        assert sorted(p.name for p in (tmp_path / run / 'checkpoints').glob('*.ckpt')) == expected
     assert_same_training_state(a, b)
+
+
+def test_a_loss_infinite_on_one_rank_only_is_skipped_by_every_rank(tmp_path):
+    """Rank 1's loss overflows in batches 3, 4 and 12 while every gradient stays finite: both ranks
+    skip those steps (the ranks share the finding), stay in step and end with the same weights."""
+    _run([*TORCHRUN, 'tests/ddp_probe.py', *RUN, 'trainer.max_steps=25', 'trainer.collective_timeout=60',
+          f'run_dir={tmp_path / "run"}'], env={'CEDM_PROBE_DIR': str(tmp_path), 'CEDM_PROBE_INF_LOSS': '1:3,4,12'})
+    ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
+    assert [r['nonfinite_steps'] for r in ranks] == [3, 3] and [r['global_step'] for r in ranks] == [25, 25]
+    for name, value in ranks[0]['weights'].items():
+        assert torch.equal(value, ranks[1]['weights'][name]), name
+    last = _checkpoint(tmp_path / 'run')
+    assert last['global_step'] == 25 and last['cedm']['nonfinite_steps'] == 3
 
 
 def test_torchrun_needs_an_explicit_run_dir():

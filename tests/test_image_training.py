@@ -138,8 +138,8 @@ def test_classifier_frechet_distance_orders_real_collapsed_and_noise(mnist_run, 
     out = capsys.readouterr().out
     accuracy = float(out.split('held-out accuracy ')[1].split(';')[0])
     assert accuracy > 0.9 and out.count('trained the digit classifier') == 1  # trained once, then cached
-    kid = {name: r['kernel_inception_distance_mean'] for name, r in results.items()}
-    fd = {name: r['frechet_inception_distance'] for name, r in results.items()}
+    kid = {name: r['kernel_classifier_distance_mean'] for name, r in results.items()}
+    fd = {name: r['frechet_classifier_distance'] for name, r in results.items()}
     assert 3 * kid['real'] < kid['ones'] < kid['noise'] and fd['real'] < fd['ones'] < fd['noise']
 
 
@@ -170,7 +170,7 @@ def test_posthoc_ema_reconstructs_a_tracked_profile_and_survives_resume(mnist_ru
     run_dir = tmp_path / 'run'
     common = ['--config', 'configs/mnist/small.yaml', *TINY, 'network.preset=ddpmpp-tiny', 'ema.posthoc=true',
               'ema.snapshot_every=2', 'trainer.ckpt_every=4', f'run_dir={run_dir}']
-    train.main(common + ['trainer.max_steps=8'])
+    train.main(common + ['trainer.max_steps=9'])  # neither ckpt_every nor snapshot_every divides it
     snapshots = sorted(p.name for p in (run_dir / 'posthoc-ema').glob('*.pt'))
     assert snapshots == sorted(f'{i}.{s}.pt' for i in (0, 1) for s in (2, 4, 6, 8))
     ckpt = run_dir / 'checkpoints' / 'last.ckpt'
@@ -182,8 +182,9 @@ def test_posthoc_ema_reconstructs_a_tracked_profile_and_survives_resume(mnist_ru
     model.use_posthoc_ema(0.07)
     assert not all(torch.allclose(p, q) for p, q in zip(model.ema.ema_model.parameters(), tracked))
     # Resuming from step 4 drops the snapshots of steps 6 and 8, which that run had not reached.
-    train.main(common + ['--resume', str(run_dir / 'checkpoints' / 'step-0000004.ckpt'), 'trainer.max_steps=6'])
+    train.main(common + ['--resume', str(run_dir / 'checkpoints' / 'step-0000004.ckpt'), 'trainer.max_steps=7'])
     assert sorted(p.name for p in (run_dir / 'posthoc-ema').glob('*.pt')) == sorted(f'{i}.{s}.pt' for i in (0, 1) for s in (2, 4, 6))
+    assert torch.load(ckpt, weights_only=True)['global_step'] == 7
     out = tmp_path / 'samples'
     sample.main(['--ckpt', str(ckpt), '--posthoc-sigma-rel', '0.08', '--num', '4', '--steps', '2', '--out', str(out)])
     assert (out / 'grid.png').is_file()

@@ -2,6 +2,7 @@
 degenerate profiles, and randomly mutated configs."""
 
 import copy
+import json
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 
+import metrics
 import sampling
 import train
 from networks.analytic import GaussianMixture
@@ -60,13 +62,13 @@ def _checkpoint(run_dir, name='last.ckpt'):
 
 @pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    train.main(SMALL + ['trainer.max_steps=40', 'trainer.ckpt_every=20', f'run_dir={tmp_path / "a"}'])
+    train.main(SMALL + ['trainer.max_steps=45', 'trainer.ckpt_every=20', f'run_dir={tmp_path / "a"}'])
     train.main(['--resume', str(tmp_path / 'a' / 'checkpoints' / 'step-0000020.ckpt'), f'run_dir={tmp_path / "b"}'])
     a, b = _checkpoint(tmp_path / 'a'), _checkpoint(tmp_path / 'b')
-    assert a['global_step'] == 40
+    assert a['global_step'] == 45
     assert_same_training_state(a, b)
     # The counters that make it so are in the checkpoint and have moved.
-    assert a['cedm']['ema']['step'] == 40 and a['cedm']['profile']['num_refreshes'] == 5
+    assert a['cedm']['ema']['step'] == 45 and a['cedm']['profile']['num_refreshes'] == 6
     assert not torch.equal(a['cedm']['ranks'][0]['data'], _checkpoint(tmp_path / 'a', 'step-0000020.ckpt')['cedm']['ranks'][0]['data'])
 
 
@@ -103,14 +105,19 @@ def test_signal_saves_a_checkpoint_and_exits_with_a_resume_hint(signum, tmp_path
     with pytest.raises(SystemExit) as info:
         train.main(SMALL + ['trainer.max_steps=1000', 'trainer.ckpt_every=10', f'run_dir={run_dir}'])
     assert info.value.code == 128 + signum
+    assert sorted(p.name for p in (run_dir / 'checkpoints').glob('*.ckpt')) == ['last.ckpt', 'step-0000010.ckpt']
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f'cedm: stopped by {signal.Signals(signum).name} at step 14; checkpoint {run_dir}/checkpoints/last.ckpt; '
                    f'resume with: python train.py --resume auto run_dir={run_dir}')
     assert _checkpoint(run_dir)['global_step'] == 14
     assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # handlers given back
     monkeypatch.undo()
-    train.main(['--resume', 'auto', f'run_dir={run_dir}', 'trainer.max_steps=20'])
-    assert _checkpoint(run_dir)['global_step'] == 20
+    # What a user does with a stopped run: look at it (metrics.py), then continue it.
+    metrics.main(['--ckpt', str(run_dir / 'checkpoints' / 'last.ckpt'), '--num', '200', '--steps', '4', '--json', str(tmp_path / 'm.json')])
+    assert set(json.loads((tmp_path / 'm.json').read_text())['model']) == {'swd', 'mmd', 'nll'}
+    train.main(['--resume', 'auto', f'run_dir={run_dir}', 'trainer.max_steps=23'])
+    assert _checkpoint(run_dir)['global_step'] == 23
+    assert sorted(p.name for p in (run_dir / 'checkpoints').glob('*.ckpt')) == ['last.ckpt', 'step-0000010.ckpt', 'step-0000020.ckpt']
 
 
 def _with_callback(trainer, callback):
@@ -150,7 +157,7 @@ def test_cpu_training_steps_without_lightnings_nvml_check_and_restores_it(fail_a
 # ------------------------------------------------------------------------------------------------
 # Real processes, killed at random moments
 
-TARGET_STEPS = 400
+TARGET_STEPS = 405  # not a multiple of ckpt_every: the final state is not a periodic checkpoint
 KILL_RUN = SMALL + [f'trainer.max_steps={TARGET_STEPS}', 'trainer.ckpt_every=10']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')  # the same arithmetic in every process
 
@@ -214,7 +221,7 @@ def test_killed_at_random_moments_last_checkpoint_stays_loadable(uninterrupted, 
         process.wait(timeout=60)
         if last.exists():
             checkpoint, _ = read_checkpoint(last)
-            assert checkpoint['global_step'] % 10 == 0
+            assert checkpoint['global_step'] % 10 == 0 or checkpoint['global_step'] == TARGET_STEPS
             load_model(last, device='cpu')
     assert _checkpoint(run_dir)['global_step'] < TARGET_STEPS, 'the kills came too late to test anything'
     final = _train_process(run_dir, '--resume', 'auto')
@@ -267,7 +274,13 @@ def test_nonfinite_streak_stops_the_run_naming_step_and_sigma(tmp_path, monkeypa
     assert err.split(': ', 1)[1].startswith('stopped: step 25: non-finite loss or gradient in 4 batches in a row')
     low = float(err.split('σ of the offending samples in [')[1].split(',')[0])
     assert low > 2.0
-    assert _checkpoint(run_dir)['global_step'] == 20  # the last good checkpoint, not overwritten
+    # The run ends as a finished one: last.ckpt holds the newest state (no bad batch changed it), the
+    # periodic checkpoint stays, and training continues from it once the cause is mended.
+    last = _checkpoint(run_dir)
+    assert last['global_step'] == 25 and last['cedm']['nonfinite_steps'] == 4
+    assert all(torch.isfinite(p).all() for p in last['state_dict'].values())
+    assert sorted(p.name for p in (run_dir / 'checkpoints').glob('*.ckpt')) == ['last.ckpt', 'step-0000020.ckpt']
+    assert (run_dir / 'profile.png').is_file()
 
 
 def test_a_step_with_a_finite_loss_and_an_infinite_gradient_is_skipped(monkeypatch):

@@ -22,7 +22,7 @@ def test_training_writes_run_directory(tiny_run):
     ckpts = sorted(p.name for p in (tiny_run / 'checkpoints').glob('*.ckpt'))
     assert ckpts == ['last.ckpt', 'step-0000030.ckpt', 'step-0000060.ckpt']
     checkpoint, config = read_checkpoint(tiny_run / 'checkpoints' / 'last.ckpt')
-    assert checkpoint['global_step'] == 60 and config.trainer.max_steps == 60
+    assert checkpoint['global_step'] == 70 and config.trainer.max_steps == 70
     assert config.run_dir == str(tiny_run)
     assert set(checkpoint['cedm']) == {'format', 'config', 'ema', 'posthoc_ema', 'ranks', 'profile', 'nonfinite_steps'}
     events = list((tiny_run / 'tensorboard').glob('events.out.tfevents.*'))
@@ -30,7 +30,7 @@ def test_training_writes_run_directory(tiny_run):
 
 
 def test_checkpoints_hold_every_step_s_errors_in_the_profile(tiny_run):
-    # No refresh within 60 steps (every 100): each checkpoint holds every training error so far among
+    # No refresh within 70 steps (every 100): each checkpoint holds every training error so far among
     # its profile's pending statistics, though training bins them only every so many steps.
     for step in (30, 60):
         checkpoint, _ = read_checkpoint(tiny_run / 'checkpoints' / f'step-{step:07d}.ckpt')
@@ -49,7 +49,7 @@ def test_tensorboard_has_scalars_and_figures(tiny_run):
     assert lr[0] < lr[-1]  # warm-up
     # Every trainer.log_every steps, at Lightning's step numbers (0-based: the steps taken before).
     for tag in ('train/loss', 'train/grad_norm', 'train/nonfinite_steps', 'sigma/q10', 'sigma/q50', 'sigma/q90'):
-        assert [e.step for e in acc.Scalars(tag)] == [9, 19, 29, 39, 49, 59], tag
+        assert [e.step for e in acc.Scalars(tag)] == [9, 19, 29, 39, 49, 59, 69], tag
     q10, q90 = acc.Scalars('sigma/q10')[0].value, acc.Scalars('sigma/q90')[0].value
     assert 0.02 < q10 < 0.3 < q90 < 3  # lognormal(-1.2, 1.2): 0.064 and 1.42
 
@@ -95,7 +95,7 @@ def test_metrics_script_reports_model_and_floor(tiny_run, tmp_path, capsys):
     table = json.loads(out.read_text())
     assert set(table) == {'model', 'exact denoiser', 'ground truth'}
     assert set(table['model']) == {'swd', 'mmd', 'nll'}
-    # After 60 steps the model is far worse than its exact-denoiser floor.
+    # After 70 steps the model is far worse than its exact-denoiser floor.
     assert table['model']['swd'] > table['exact denoiser']['swd']
     assert 'exact denoiser' in capsys.readouterr().out
     assert (tmp_path / 'sigma.png').is_file()
@@ -104,10 +104,15 @@ def test_metrics_script_reports_model_and_floor(tiny_run, tmp_path, capsys):
 def test_resume_continues_the_run(tiny_run, tmp_path):
     src = tiny_run / 'checkpoints' / 'step-0000030.ckpt'
     run_dir = tmp_path / 'resumed'
-    train.main(['--resume', str(src), f'run_dir={run_dir}', 'trainer.max_steps=40'])
+    train.main(['--resume', str(src), f'run_dir={run_dir}', 'trainer.max_steps=45'])
     checkpoint, config = read_checkpoint(run_dir / 'checkpoints' / 'last.ckpt')
-    assert checkpoint['global_step'] == 40 and config.resume == str(src)
+    assert checkpoint['global_step'] == 45 and config.resume == str(src)
     assert config.sample.num == 200  # the stored config, not the default file
+    # Sampling the resumed run gives the step-45 model, not the checkpoint it started from.
+    sample.main(['--ckpt', str(run_dir / 'checkpoints' / 'last.ckpt'), '--num', '50', '--steps', '4', '--out', str(tmp_path / 's')])
+    resumed = np.load(tmp_path / 's' / 'samples.npz')['x']
+    assert np.allclose(resumed, load_model(run_dir / 'checkpoints' / 'last.ckpt', device='cpu').sample(50, steps=4).numpy(), atol=1e-6)
+    assert not np.allclose(resumed, load_model(src, device='cpu').sample(50, steps=4).numpy(), atol=1e-3)
 
 
 def _one_line_error(capsys, fn, args):
@@ -242,7 +247,7 @@ def test_metrics_likelihood(tiny_run, tmp_path):
                   '--likelihood', '100', '--json', str(out)])
     result = json.loads(out.read_text())['likelihood']
     exact = result['exact -log p']['nats']
-    # The exact denoiser's I-MMSE estimate recovers the exact NLL; a 60-step model is much worse.
+    # The exact denoiser's I-MMSE estimate recovers the exact NLL; a 70-step model is much worse.
     assert result['exact denoiser (I-MMSE)']['nats'] == pytest.approx(exact, abs=0.25)
     assert result['model (I-MMSE)']['nats'] > exact + 0.5
     assert result['model (I-MMSE)']['bits_per_dim'] == pytest.approx(result['model (I-MMSE)']['nats'] / (2 * np.log(2)))

@@ -139,6 +139,7 @@ class EDMModule(L.LightningModule):
         self._rank_states = None  # per rank, from a checkpoint being resumed
         self.nonfinite_steps = 0    # skipped for a non-finite loss or gradient, over the whole run
         self._nonfinite_streak = []  # σ of the offending samples of each batch since the last good step
+        self.stopped_by = None  # the NonFiniteError that stopped the run, raised once it has ended
         # Manual optimisation: one optimizer step per batch needs none of Lightning's closure
         # machinery, which cost about 10% of a toy step's time (benchmarks/train_overhead.py).
         self.automatic_optimization = False
@@ -267,9 +268,9 @@ class EDMModule(L.LightningModule):
         sigma, per_sample, sq_err = parts[0] if len(parts) == 1 else (torch.cat(part) for part in zip(*parts))
         step = self.global_step  # the optimizer steps taken before this one
         grads = [p.grad for p in self._trained_parameters if p.grad is not None]
-        # One host synchronisation per step. Under DDP the gradients are already averaged over ranks,
-        # so a fault on any rank is seen by every rank and all skip the same step.
-        if any_nonfinite(grads + [per_sample]):
+        # One host synchronisation per step. Under DDP the gradients are already averaged over ranks, but a
+        # loss can overflow on one rank alone: the ranks share the finding, so all skip the same steps.
+        if any_nonfinite(grads + [per_sample], across_ranks=self.trainer.world_size > 1):
             self._count_nonfinite(sigma, per_sample)
             if self.trainer.precision != '16-mixed':
                 optimizer.zero_grad(set_to_none=True)
@@ -331,17 +332,20 @@ class EDMModule(L.LightningModule):
             logger.save()  # flushed to disk as Lightning does after logging
 
     def _count_nonfinite(self, sigma, per_sample):
-        """Count and log a step with a non-finite loss or gradient; stop the run (NonFiniteError) at
-        `trainer.max_nonfinite` such steps in a row, naming the σ of the offending samples."""
+        """Count and log a step with a non-finite loss or gradient; at `trainer.max_nonfinite` such steps
+        in a row, stop the run: it ends as a finished one does (the newest state, which no bad batch
+        changed, goes to last.ckpt), then `on_train_end` raises NonFiniteError naming the σ of the
+        offending samples (this rank's; the skip decisions are the same on every rank)."""
         self.nonfinite_steps += 1
         bad = ~per_sample.isfinite()
         self._nonfinite_streak.append(sigma[bad] if bad.any() else sigma)  # the whole batch if only gradients were hit
         limit = self.config.trainer.max_nonfinite
         if len(self._nonfinite_streak) >= limit:
             sigma = torch.cat(self._nonfinite_streak)
-            raise NonFiniteError(
+            self.stopped_by = NonFiniteError(
                 f'step {self.global_step}: non-finite loss or gradient in {limit} batches in a row '
                 f'(trainer.max_nonfinite), σ of the offending samples in [{sigma.min():.3g}, {sigma.max():.3g}]')
+            self.trainer.should_stop = True
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step
@@ -358,6 +362,8 @@ class EDMModule(L.LightningModule):
             run_dir.mkdir(parents=True, exist_ok=True)
             plots.save(plots.profile_figure(self.profile), run_dir / 'profile.png')
             (run_dir / 'profile.json').write_text(json.dumps(profile_summary(self.profile), indent=1))
+        if self.stopped_by is not None:
+            raise self.stopped_by
 
     @torch.no_grad()
     def _log_figures(self, step):
@@ -515,14 +521,17 @@ def gradient_norm(grads):
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
-def any_nonfinite(tensors):
-    """Whether any of `tensors` (on one device) holds a NaN or an infinity (one host synchronisation).
+def any_nonfinite(tensors, across_ranks=False):
+    """Whether any of `tensors` (on one device) holds a NaN or an infinity (one host synchronisation);
+    with `across_ranks`, whether any rank's do (one all-reduce of a flag).
 
     One fused pass over them all: the overflow check of torch's GradScaler, with a scale of 1 that
     leaves every value as it was. Testing the gradient norm and the loss instead costs 2.5-3 times as
     much on tensors of the default toy model's sizes (README, Training-loop overhead)."""
     found = torch.zeros(1, device=tensors[0].device)
     torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=found.device))
+    if across_ranks:
+        torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
     return bool(found)
 
 
@@ -564,7 +573,11 @@ def load_model(path, device=None):
 
     Raises CheckpointError with a one-line reason for missing, corrupt or foreign files.
     """
-    checkpoint, config = read_checkpoint(path)
+    return model_from_checkpoint(path, *read_checkpoint(path), device)
+
+
+def model_from_checkpoint(path, checkpoint, config, device=None):
+    """`load_model` of a checkpoint already read by `read_checkpoint` from `path`."""
     model = EDMModule(config)
     try:
         model.load_state_dict(checkpoint['state_dict'])

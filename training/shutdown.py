@@ -1,5 +1,5 @@
-"""Clean shutdown: on SIGTERM, SIGINT or SIGUSR1, finish the step, write last.ckpt, stop; under SLURM,
-SIGUSR1 (the time-limit warning) also requeues the job."""
+"""Clean shutdown: on SIGTERM, SIGINT or SIGUSR1, finish the step and stop (last.ckpt is written as at
+any end of a run); under SLURM, SIGUSR1 (the time-limit warning) also requeues the job."""
 
 import os
 import signal
@@ -15,14 +15,14 @@ SYNC_EVERY = 10  # steps between the ranks' checks for a signal under DDP
 class GracefulShutdown(L.Callback):
     """Stops training at the end of the current step when the process gets SIGTERM (`kill`, schedulers,
     SLURM pre-emption), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's `--signal=USR1@SECONDS` warning before the
-    time limit), after writing `checkpoint_path` (rank 0 writes, atomically); `stopped_at` then holds the
-    step and `received` the signal. A second SIGINT interrupts at once; the last checkpoint stays whole (atomic writes).
+    time limit), through `trainer.should_stop`: the run then ends as a finished one does, and
+    `checkpoint.Checkpoints` writes last.ckpt. `stopped_at` holds the step and `received` the signal.
+    A second SIGINT interrupts at once; the last checkpoint stays whole (atomic writes).
     Under DDP a signal to any rank stops every rank at the same step (within SYNC_EVERY steps). Under SLURM, SIGUSR1 then
     requeues the job (`scontrol requeue`, from rank 0; `requeued` says whether it worked), so a
     job script that trains with `--resume auto` continues where it stopped."""
 
-    def __init__(self, checkpoint_path):
-        self.checkpoint_path = checkpoint_path
+    def __init__(self):
         self.received = None
         self.stopped_at = None
         self.requeued = None
@@ -49,7 +49,6 @@ class GracefulShutdown(L.Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and not trainer.should_stop:
             self.received = self.received or signal.SIGTERM  # a rank that learnt of it from another
-            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
             trainer.should_stop = True
             self.stopped_at = trainer.global_step
             if self.received == signal.SIGUSR1 and 'SLURM_JOB_ID' in os.environ and trainer.is_global_zero:
