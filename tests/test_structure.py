@@ -114,6 +114,29 @@ def test_gaussian_data_has_no_structure():
     assert profile.structure_fraction().item() < 0.05
 
 
+def test_high_dimensional_gaussian_has_no_structure_wherever_sigma_falls_in_its_bin():
+    # Gaussian data in d = 784 (16 eigenvalues from 1e-5 to 3, 49 dimensions each), σ log-uniform over the
+    # grid, so that it spreads across each bin as in training. The Wiener filter is the exact denoiser; its
+    # error is Σ_k e_k χ²_49 with e_k = λ_k σ²/(λ_k + σ²). Comparing each bin's mean error with lmmse at
+    # the centre measured −10.9 nats of negentropy here (17 standard errors; one bin 6.4).
+    eigenvalues = torch.logspace(-5, 0.5, 16, dtype=torch.float64)
+    profile = EntropyProfile(0.002, 80.0, num_bins=64, spectrum=eigenvalues.repeat_interleave(49))
+    n = 64 * 2048
+    sigma = (math.log(0.002) + math.log(80 / 0.002) * torch.rand(n, generator=gen(10), dtype=torch.float64)).exp()
+    e = eigenvalues * sigma[:, None] ** 2 / (eigenvalues + sigma[:, None] ** 2)
+    chi2 = torch.from_numpy(np.random.default_rng(11).chisquare(49, size=e.shape))
+    profile.update(sigma, (e * chi2).sum(1))
+    profile.refresh()
+    _, structure = profile.structure_rate()
+    # Standard errors given the σ drawn: the error's variance is 2·49·Σ_k e_k², and each bin divides by σ_c².
+    index = ((sigma.log() - math.log(0.002)) / profile.bin_width).long().clamp(0, 63)
+    count = torch.bincount(index, minlength=64).double()
+    std_error = (torch.bincount(index, 98 * e.square().sum(1), minlength=64)).sqrt() / count / profile.sigma_grid ** 2
+    assert (structure.abs() < 4.5 * std_error).all(), (structure / std_error).abs().max()
+    negentropy = (structure * profile.bin_width).sum().item()
+    assert abs(negentropy) < 4 * (std_error * profile.bin_width).square().sum().sqrt().item(), negentropy
+
+
 @pytest.mark.parametrize('name', MIXTURES)
 def test_structure_integrates_to_the_monte_carlo_negentropy(name):
     mixture, profile = MIXTURES[name][0], mixture_profile(name)
@@ -243,6 +266,38 @@ def test_spectrum_survives_a_state_dict_round_trip():
     later.load_state_dict({**profile.state_dict(), '_extra_state': {**profile.get_extra_state(), 'spectrum': None}})
     later.set_spectrum(profile.spectrum)
     torch.testing.assert_close(later.cdf_knots, profile.cdf_knots, rtol=0, atol=0)
+
+
+def test_a_state_saved_before_statistics_version_2_resumes_as_if_measured_now():
+    # Version 1 summed the errors themselves, with or without a spectrum: what a profile without one sums now.
+    # At the bin centres both versions measure the same, so the old state must go on exactly as one measured
+    # by this version, its pending sums included: kept in the state, or copied in afterwards from a rank's
+    # own state by a resumed run (EDMModule.on_train_start).
+    spectrum = torch.tensor([1.0, 0.1, 0.01], dtype=torch.float64)
+    profiles = [EntropyProfile(0.01, 10.0, num_bins=8, min_count=1, spectrum=s) for s in (None, spectrum, spectrum)]
+    errors_only, current, resumed = profiles
+    grid = current.sigma_grid
+    for profile in (errors_only, current):
+        profile.update(grid.repeat(3), 0.5 * lmmse(grid.repeat(3), spectrum))
+        profile.refresh()
+        profile.update(grid[[1, 4, 6]], 0.3 * lmmse(grid[[1, 4, 6]], spectrum))  # pending
+    old = errors_only.state_dict()
+    old['_extra_state'] = {**old['_extra_state'], 'spectrum': spectrum.tolist()}
+    del old['_extra_state']['statistics_version']
+    resumed.load_state_dict(old)
+    torch.testing.assert_close(resumed.structure_rate(), current.structure_rate())
+    resumed.pending_sum.copy_(old['pending_sum'])  # as a resumed run does with a rank's own
+    loaded, resaved = EntropyProfile(num_bins=8), EntropyProfile(num_bins=8)
+    loaded.load_state_dict(old)
+    resaved.load_state_dict(loaded.state_dict())  # saved before any update
+    assert resaved.get_extra_state()['statistics_version'] == 2
+    sigma = grid[[0, 7]] * 1.05
+    for profile in (current, resumed, resaved):
+        profile.update(sigma, 0.2 * lmmse(sigma, spectrum))
+        profile.refresh()
+    for profile in (resumed, resaved):
+        torch.testing.assert_close(profile.mmse(), current.mmse())
+        torch.testing.assert_close(profile.structure_rate(), current.structure_rate())
 
 
 def test_invalid_spectrum_and_scale_name_the_argument():

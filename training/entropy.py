@@ -34,6 +34,11 @@ TIME_FLOOR = 1e-6
 STRUCTURE_NATS = 0.1
 # Bin widths by which σ may leave the grid and still count (σ rounded to float32 at the ends).
 ON_GRID_SLACK = 1e-4
+# What the error sums hold, saved with the state: 1, the squared errors; 2, their excess over the Wiener
+# filter's error at each sample's own σ (`EntropyProfile.update`).
+STATISTICS_VERSION = 2
+# Most elements of the [samples, d] intermediate when `update` computes the Wiener filter's error per sample.
+LMMSE_BLOCK = 1 << 22
 
 
 def _interp(x, xp, fp):
@@ -68,17 +73,28 @@ class EntropyProfile(torch.nn.Module):
     `spectrum` (optional, or `set_spectrum` later): the eigenvalues [d] of the data covariance, in data
     units squared, from `training.spectrum.covariance_spectrum`; they give lmmse and the structure rate.
 
-    Estimation, per bin: `update` adds errors to pending float64 sums; `refresh` folds them into a
-    running mean Σ_r decay^a(r) S_r / Σ_r decay^a(r) C_r over the refreshes r that brought the bin
-    samples (S_r, C_r: their error sum and count; a(r): how many such refreshes came later), so a bin
-    without new samples keeps its value and a bin with few new samples moves little. Bins with fewer
+    Estimation, per bin: `update` adds each error's excess over the Wiener filter's error at the
+    sample's own σ, ‖D − x0‖² − lmmse(σ_i) (the error itself without a spectrum), to pending float64 sums;
+    `refresh` folds them into a running mean Σ_r decay^a(r) S_r / Σ_r decay^a(r) C_r over the refreshes r
+    that brought the bin samples (S_r, C_r: their sum and count; a(r): how many such refreshes came later),
+    so a bin without new samples keeps its value and a bin with few new samples moves little. The mmse
+    estimate at the bin centre σ_c is lmmse(σ_c) plus that mean, so the structure rate of a measured bin
+    is the mean of (lmmse(σ_i) − ‖D − x0‖²)/σ_c² nats per log σ: zero in expectation for Gaussian data
+    wherever in the bin the σ_i fall. Comparing the bin's mean error with lmmse(σ_c) instead is biased by
+    the curvature of lmmse across the bin, about −d·h²/6 nats per log σ where σ² is below the data's
+    variances (h: the bin width; −3.6 for d = 784 on the default grid), a bias of the order of d on a
+    difference of two rates of the order of d that is itself small. Bins with fewer
     than `min_count` samples in all are starved: filled by linear interpolation in log σ between the
     nearest measured bins; beyond the outermost ones the rate is held constant at the low end and
     the mmse at the high end. Until some bin is measured the profile
     is uninitialised (mmse NaN) and sampling falls back to log-uniform.
 
     A `torch.nn.Module` with buffers and no parameters: `.to(device)` moves it and its `state_dict`
-    (float64 sums, counters, and the configuration and spectrum as extra state) restores it exactly.
+    (float64 sums, counters, and the configuration, spectrum and STATISTICS_VERSION as extra state)
+    restores it exactly. A state saved before version 2 held the errors themselves; loaded with a
+    spectrum, its sums become excesses over lmmse at the bin centres (the estimates it had are kept), and
+    its pending sums, which a resumed run may copy in afterwards from its ranks' own states, are
+    converted alike at the next `update`, `refresh` or `state_dict`.
     Keep it out of whole-module dtype casts (`.half()`, `.to(torch.bfloat16)`), which would round the
     float64 sums.
     """
@@ -93,6 +109,7 @@ class EntropyProfile(torch.nn.Module):
             self.register_buffer(name, torch.zeros(num_bins, dtype=torch.float64, device=device))
         self.register_buffer('num_refreshes', torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer('num_dropped', torch.zeros((), dtype=torch.long, device=device))
+        self._legacy_pending = False  # pending sums of a version-1 state, still errors (`_settle_legacy_pending`)
         # Derived from the above and the configuration; rebuilt by `refresh` and on loading a state.
         for name, size in (('mmse_estimate', num_bins), ('cdf_knots', num_bins + 1), ('log_edges', num_bins + 1)):
             self.register_buffer(name, torch.zeros(size, dtype=torch.float64, device=device), persistent=False)
@@ -139,20 +156,39 @@ class EntropyProfile(torch.nn.Module):
         return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max, num_bins=self.num_bins,
                     ema_decay=self.ema_decay, min_count=self.min_count, floor=self.floor, gate_c=self.gate_c,
                     gate_n=self.gate_n, density=self.density, dim=self.dim, structure_nats=self.structure_nats,
-                    spectrum=None if self.spectrum is None else self.spectrum.tolist())
+                    spectrum=None if self.spectrum is None else self.spectrum.tolist(),
+                    statistics_version=STATISTICS_VERSION)
 
     def set_extra_state(self, state):
         # Runs after the buffers are loaded, so the derived ones are rebuilt from the loaded sums.
-        # States saved before the structure rate existed have neither spectrum nor structure_nats.
+        # States saved before the structure rate existed have neither spectrum nor structure_nats; states
+        # saved before statistics version 2 hold errors, which are excesses over a zero lmmse without a spectrum.
         state = {'structure_nats': STRUCTURE_NATS, **state}
         spectrum = state.pop('spectrum', None)
+        version = state.pop('statistics_version', 1)
         self._configure(**state)
         self.set_spectrum(spectrum)
+        self._legacy_pending = version < STATISTICS_VERSION and self.spectrum is not None
+        if self._legacy_pending:
+            self.ema_sum.sub_(self.ema_count * self._wiener_error(self.sigma_grid))
+            self._rebuild()
+
+    def _settle_legacy_pending(self):
+        """Turn pending errors of a version-1 state into excesses over lmmse at the bin centres."""
+        if self._legacy_pending:
+            self.pending_sum.sub_(self.pending_count * self._wiener_error(self.sigma_grid))
+            self._legacy_pending = False
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._settle_legacy_pending()  # the state says STATISTICS_VERSION for the pending sums too
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def set_spectrum(self, eigenvalues):
         """Set the eigenvalues [d] of the data covariance (data units squared; None: none), which give
         `lmmse` and the structure rate, and rebuild the sampling CDF. Every rank must set the same ones
-        (same data or seed) for all ranks to sample from one distribution."""
+        (same data or seed) for all ranks to sample from one distribution. The sums held are kept as they
+        are: they are excesses over the Wiener filter of the spectrum set when they were added, so set it
+        before the first `update`."""
         if eigenvalues is not None:
             eigenvalues = torch.as_tensor(eigenvalues, dtype=torch.float64, device=self.ema_sum.device)
             if eigenvalues.ndim != 1 or len(eigenvalues) == 0 or not eigenvalues.isfinite().all():
@@ -177,10 +213,19 @@ class EntropyProfile(torch.nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Estimation.
 
+    def _wiener_error(self, sigma):
+        """lmmse at each σ [n] (float64), zero without a spectrum; in blocks of samples, so that the
+        [samples, d] intermediate stays small however many errors one `update` brings."""
+        if self.spectrum is None:
+            return torch.zeros_like(sigma)
+        rows = max(1, LMMSE_BLOCK // len(self.spectrum))
+        return torch.cat([linear_mmse(part, self.spectrum) for part in sigma.split(rows)])
+
     @torch.no_grad()
     def update(self, sigma, sq_err):
         """Add per-sample errors: `sigma` [n] and `sq_err` [n] = ‖D(x0 + σε; σ) − x0‖², unweighted,
-        summed over dimensions, in data units. Zero errors count.
+        summed over dimensions, in data units. Zero errors count. What the pending sums get is each
+        error's excess over the Wiener filter's, sq_err − lmmse(σ) (class docstring).
 
         σ outside the grid by more than ON_GRID_SLACK bin widths is dropped (its error says nothing
         about a σ on the grid); the rest is clamped into the edge bins. Non-finite errors are dropped
@@ -189,14 +234,16 @@ class EntropyProfile(torch.nn.Module):
         depend on how the samples were split between calls: a run that saved and resumed its
         statistics at any step holds the same sums, bit for bit, as one that never stopped.
         """
+        self._settle_legacy_pending()
         device = self.pending_sum.device
         sq_err = sq_err.detach().reshape(-1).to(device, torch.float64)
-        position = (sigma.detach().reshape(-1).to(device, torch.float64).log() - self.log_sigma_min) / self.bin_width
+        sigma = sigma.detach().reshape(-1).to(device, torch.float64)
+        position = (sigma.log() - self.log_sigma_min) / self.bin_width
         finite = sq_err.isfinite()
         keep = finite & (position > -ON_GRID_SLACK) & (position < self.num_bins + ON_GRID_SLACK)  # False for NaN σ
-        # Dropped samples add zero error and zero count to some bin: no data-dependent shapes.
+        # Dropped samples add 0 to the sum and the count of some bin: no data-dependent shapes.
         index = position.nan_to_num(0.0).clamp(0, self.num_bins - 1).long()
-        self.pending_sum.index_add_(0, index, torch.where(keep, sq_err, 0.0))
+        self.pending_sum.index_add_(0, index, torch.where(keep, sq_err - self._wiener_error(sigma), 0.0))
         self.pending_count.index_add_(0, index, keep.double())
         self.num_dropped.add_((~finite).sum())
 
@@ -205,6 +252,7 @@ class EntropyProfile(torch.nn.Module):
         """Fold the pending sums into the running means (summed over ranks first when torch.distributed
         is initialised, so every rank holds the same profile: a collective, every rank must call it),
         then rebuild the estimate and the sampling CDF. No host synchronisation."""
+        self._settle_legacy_pending()
         if dist.is_available() and dist.is_initialized():
             pending = torch.stack([self.pending_sum, self.pending_count])
             dist.all_reduce(pending)
@@ -220,10 +268,12 @@ class EntropyProfile(torch.nn.Module):
         self._rebuild()
 
     def _rebuild(self):
-        """mmse estimate per bin (starved bins interpolated; NaN while no bin is measured) and sampling CDF."""
+        """mmse estimate per bin, lmmse at the centre plus the mean excess (starved bins interpolated; NaN
+        while no bin is measured), and sampling CDF."""
         index = torch.arange(self.num_bins, device=self.ema_sum.device)
         valid = self.total_count >= self.min_count
-        mean = torch.where(valid, self.ema_sum / self.ema_count.clamp_min(1e-300), 0.0)
+        excess = self.ema_sum / self.ema_count.clamp_min(1e-300)
+        mean = torch.where(valid, self._wiener_error(self.sigma_grid) + excess, 0.0)
         # Nearest measured bin on each side (-1 / num_bins: none), without leaving the device.
         left = torch.where(valid, index, -1).cummax(0).values
         right = torch.where(valid, index, self.num_bins).flip(0).cummin(0).values.flip(0)
