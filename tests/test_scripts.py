@@ -265,3 +265,16 @@ def test_preconditionings_datasets_and_distributions_train(overrides, tmp_path):
     model = load_model(tmp_path / 'checkpoints' / 'last.ckpt', device='cpu')
     assert torch.isfinite(model.sample(32, steps=4)).all()
     metrics.main(['--ckpt', str(tmp_path / 'checkpoints' / 'last.ckpt'), '--num', '64', '--steps', '3'])
+
+
+def test_profile_figure_draws_the_density_the_run_trained_with(tiny_run):
+    """The tiny run draws σ from EDM's lognormal (P_mean −1.2): the figure's training density peaks at
+    σ = e^−1.2 per log σ, wherever the profile's own entropic density (drawn too, labelled) peaks."""
+    from training import plots
+    model = load_model(tiny_run / 'checkpoints' / 'last.ckpt', device='cpu')
+    lines = {line.get_label(): line for line in plots.profile_figure(
+        model.profile, training_log_density=model.sigma_log_density).axes[0].lines}
+    trained = lines['training σ density (scaled)']
+    peak = trained.get_xdata()[np.argmax(trained.get_ydata())]
+    assert abs(np.log(peak) + 1.2) < 0.15  # within a bin of the grid (64 bins over log(80/0.002))
+    assert "the profile's entropic σ density (scaled)" in lines

@@ -360,7 +360,7 @@ class EDMModule(L.LightningModule):
                 return
             run_dir = Path(self.config.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            plots.save(plots.profile_figure(self.profile), run_dir / 'profile.png')
+            plots.save(plots.profile_figure(self.profile, training_log_density=self.sigma_log_density), run_dir / 'profile.png')
             (run_dir / 'profile.json').write_text(json.dumps(profile_summary(self.profile), indent=1))
         if self.stopped_by is not None:
             raise self.stopped_by
@@ -384,7 +384,7 @@ class EDMModule(L.LightningModule):
         tb.add_figure('loss_vs_sigma', plots.loss_vs_sigma_figure(centres, means), step)
         # The profile as of its latest refresh; drawn here rather than at every refresh because
         # a figure costs about a second on a CPU, many training steps of a toy model.
-        tb.add_figure('profile', plots.profile_figure(self.profile), step)
+        tb.add_figure('profile', plots.profile_figure(self.profile, training_log_density=self.sigma_log_density), step)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):

@@ -78,11 +78,13 @@ def sigma_curves_figure(sigma, curves):
     return fig
 
 
-def profile_figure(profile, schedules=None):
-    """An `EntropyProfile`: entropy rate and sampling density per log σ (with a spectrum, also the rate
-    lmmse/σ² of a Gaussian with the data's covariance and the structure rate, their difference),
-    H(σ) − H(σ_min), and the entropic and rescaled times (CDFs). `schedules` {label: σ tensor} are
-    drawn as ticks on the CDF panel, at the height of their entropic time."""
+def profile_figure(profile, schedules=None, training_log_density=None):
+    """An `EntropyProfile`: entropy rate and the profile's entropic σ density per log σ (with a spectrum,
+    also the rate lmmse/σ² of a Gaussian with the data's covariance and the structure rate, their
+    difference), H(σ) − H(σ_min), and the entropic and rescaled times (CDFs). `training_log_density`
+    (σ -> log density per log σ), where given, is the density the run drew its training σ from (a
+    lognormal run's is not the profile's). `schedules` {label: σ tensor} are drawn as ticks on the
+    CDF panel, at the height of their entropic time."""
     sigma = profile.mmse()[0].cpu().numpy()
     rate = profile.rate()[1].cpu().numpy()
     entropy = profile.entropy()[1].cpu().numpy()
@@ -94,7 +96,14 @@ def profile_figure(profile, schedules=None):
     if profile.spectrum is not None:
         a.plot(sigma, (profile.lmmse()[1] / profile.sigma_grid ** 2).cpu().numpy(), label='Gaussian rate lmmse/σ²')
         a.plot(sigma, profile.structure_rate()[1].cpu().numpy(), label='structure rate (lmmse − mmse)/σ²')
-    a.plot(sigma, density * rate.max() / max(density.max(), 1e-12), '--', label='training σ density (scaled)')
+    top = np.nanmax(rate) if np.isfinite(rate).any() else 1.0  # a profile not yet refreshed has no rate
+
+    def scaled(d):
+        return d * top / max(d.max(), 1e-12)
+    if training_log_density is not None:
+        trained = training_log_density(profile.mmse()[0]).exp().cpu().numpy()
+        a.plot(sigma, scaled(trained), '--', label='training σ density (scaled)')
+    a.plot(sigma, scaled(density), ':', label="the profile's entropic σ density (scaled)")
     a.set(xscale='log', xlabel='σ', title='entropy rate per log σ')
     b.plot(sigma, entropy)
     b.set(xscale='log', xlabel='σ', ylabel='nats', title='H[x0 | x_σ] − H[x0 | x_σmin]')
