@@ -15,31 +15,33 @@ denoiser and, for mixtures, the exact −log p of the same points.
 
 import json
 import math
+from pathlib import Path
 
-import torch
-
-import sampling
-from training import plots
-from training.likelihood import bits_per_dim, nll
-from training.cli import Parser, UsageError, add_sampler_args, check_sampler_args, load_for_sampling, main_guard, sample_kwargs
-from training.metrics import sample_metrics
+from training.cli import (Parser, UsageError, add_sampler_args, check_device, check_output_file, check_sampler_args,
+                          load_for_sampling, main_guard, sample_kwargs)
 
 
-@torch.no_grad()
 def sigma_curves(denoiser, dataset, sigma, num, generator):
     """Mean ‖D(x;σ) − x0‖² and mean score norm ‖(D − x)/σ²‖ at each σ of the 1-D tensor `sigma`."""
+    import torch
+
     mse, score_norm = [], []
-    for s in sigma.tolist():
-        x0 = dataset.sample(num, generator=generator)
-        x = x0 + s * torch.randn(x0.shape, generator=generator, device=x0.device)
-        denoised = denoiser(x, torch.full((num,), s, device=x0.device))
-        mse.append((denoised - x0).square().sum(1).mean().item())
-        score_norm.append(((denoised - x) / s ** 2).norm(dim=1).mean().item())
+    with torch.no_grad():
+        for s in sigma.tolist():
+            x0 = dataset.sample(num, generator=generator)
+            x = x0 + s * torch.randn(x0.shape, generator=generator, device=x0.device)
+            denoised = denoiser(x, torch.full((num,), s, device=x0.device))
+            mse.append((denoised - x0).square().sum(1).mean().item())
+            score_norm.append(((denoised - x) / s ** 2).norm(dim=1).mean().item())
     return mse, score_norm
 
 
 def likelihood(model, exact, num, seed, no_ema):
     """Mean NLL (nats, bits/dim) of `num` held-out points: model and exact denoiser by I-MMSE, and exact −log p."""
+    import torch
+
+    from training.likelihood import bits_per_dim, nll
+
     x0 = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(seed + 7))
     dim = model.dataset.dim
     rows = {'model (I-MMSE)': nll(model.sampling_denoiser(not no_ema), x0, generator=torch.Generator(model.device).manual_seed(0)),
@@ -66,9 +68,17 @@ def main(argv=None):
     check_sampler_args(args)
     if args.likelihood is not None and args.likelihood < 1:
         raise UsageError(f'--likelihood: must be >= 1 (got {args.likelihood})')
-    model = load_for_sampling(args)
-    if model.is_image_model:
-        raise UsageError(f'{args.ckpt}: an image model; its metrics are fid.py\'s (FID, KID, classifier distance)')
+    for flag, path in (('--json', args.json), ('--sigma-plot', args.sigma_plot)):
+        if path is not None:
+            check_output_file(path, flag)
+    check_device(args.device)
+
+    import torch
+
+    import sampling
+    from training import plots
+    from training.metrics import sample_metrics
+    model = load_for_sampling(args, check=lambda model: check_model(args, model))
     num = args.num or 5000
     kwargs = sample_kwargs(args)
 
@@ -97,13 +107,19 @@ def main(argv=None):
     if args.likelihood:
         table['likelihood'] = likelihood(model, exact, args.likelihood, args.seed, args.no_ema)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(table, f, indent=2)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(table, indent=2))
     if args.sigma_plot:
+        Path(args.sigma_plot).parent.mkdir(parents=True, exist_ok=True)
         grid = torch.logspace(math.log10(0.002), math.log10(80), 40)
         curves = {name: sigma_curves(d, model.dataset, grid, 2000, torch.Generator(model.device).manual_seed(2))
                   for name, d in (('model (EMA)', model.sampling_denoiser(not args.no_ema)), ('exact', exact))}
         plots.save(plots.sigma_curves_figure(grid.numpy(), curves), args.sigma_plot)
+
+
+def check_model(args, model):
+    if model.is_image_model:
+        raise UsageError(f'--ckpt: {args.ckpt}: an image model; its metrics are fid.py\'s (FID, KID, classifier distance)')
 
 
 if __name__ == '__main__':

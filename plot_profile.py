@@ -10,15 +10,14 @@ overrides, so a measured profile can be exported as a fixed training schedule.
 
 from pathlib import Path
 
-from training import plots
-from training.cli import Parser, UsageError, load_for_sampling, main_guard
-from training.entropy import PROFILE_SCHEDULES
+from training.cli import (PROFILE_SCHEDULE_NAMES, Parser, UsageError, check_checkpoint_path, check_device,
+                          check_output_file, load_for_sampling, main_guard)
 
 
 @main_guard
 def main(argv=None):
     parser = Parser(description="Plot a checkpoint's entropy profile and the σ schedules it induces.")
-    parser.add_argument('--ckpt', required=True, help='checkpoint file')
+    parser.add_argument('--ckpt', '--network', dest='ckpt', required=True, help='checkpoint file')
     parser.add_argument('--steps', type=int, default=18, help='steps of the schedules drawn (default 18)')
     parser.add_argument('--out', help='PNG to write (default: RUN/profile_schedules.png)')
     parser.add_argument('--estimate-profile', action='store_true', help='re-estimate the profile offline with the model')
@@ -26,11 +25,21 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device')
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        raise UsageError(f'--steps: must be >= 1 (got {args.steps})')
+    if args.steps < 2:
+        raise UsageError(f'--steps: must be >= 2 (got {args.steps})')
+    check_checkpoint_path(args.ckpt)
+    if args.out is not None:
+        out = Path(args.out)
+        check_output_file(out, '--out')
+    else:
+        out = Path(args.ckpt).resolve().parent.parent / 'profile_schedules.png'
+        check_output_file(out, '--out', hint=' (the default next to the checkpoint; give --out FILE)')
+    check_device(args.device)
+
+    from training import plots
     model = load_for_sampling(args)
-    schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', *PROFILE_SCHEDULES)}
-    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'profile_schedules.png'
+    schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', *PROFILE_SCHEDULE_NAMES)}
+    out.parent.mkdir(parents=True, exist_ok=True)
     plots.save(plots.profile_figure(model.profile, schedules), out)
     loc, scale = model.profile.fit_logistic()
     print(f'plot_profile: wrote {out}')

@@ -2,7 +2,7 @@
 
     python sample.py --ckpt RUN/checkpoints/last.ckpt [--num N | --seeds 0-999 [--batch B]] [--steps 18]
                      [--solver heun] [--schedule karras] [--seed S] [--no-ema] [--out DIR] [--trajectories]
-                     [--class K|K1,K2,...|0-9 [--guidance W]]
+                     [--class K|K1,K2,...|0-9 [--guidance W]] [--quiet]
 
 Points (toy data): writes DIR/samples.npz (array `x`, [N, 2], and with --seeds the array `seeds`)
 and DIR/samples.png (the samples over ground-truth points); --trajectories adds DIR/trajectories.png.
@@ -12,72 +12,142 @@ sample comes from its own seed (EDM's seed ranges: reproducible one by one, what
 --class K draws class K from a class-conditional model, guided with weight W (0: unconditional,
 1: conditional, default; larger: stronger guidance). Several classes (`--class 0-9`) write DIR/grid.png
 with one row of --num images per class, the same initial noise in every row.
+A progress bar on stderr counts samples per second (rank 0 only under torchrun; none with --quiet).
+--network and --outdir are NVlabs/edm's names of --ckpt and --out.
 """
 
+import math
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import fid
-import sampling
-from training import plots
-from training.cli import (Parser, UsageError, add_sampler_args, check_sampler_args, load_for_sampling, main_guard,
-                          sample_kwargs)
+from training.cli import (Parser, UsageError, add_sampler_args, check_device, check_output_folder, check_sampler_args,
+                          load_for_sampling, main_guard, sample_kwargs)
 
 
 @main_guard
 def main(argv=None):
     parser = Parser(description='Draw samples from a trained cedm checkpoint.')
     add_sampler_args(parser)
-    parser.add_argument('--out', help='output folder (default: RUN/samples next to the checkpoint folder)')
+    parser.add_argument('--out', '--outdir', dest='out',
+                        help='output folder (default: RUN/samples next to the checkpoint folder; --outdir: NVlabs/edm\'s name)')
     parser.add_argument('--trajectories', action='store_true', help='also plot denoising trajectories')
     parser.add_argument('--seeds', help="one sample per seed: '0-999', '1,5,10-19' (instead of --num and --seed)")
     parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
     parser.add_argument('--class', dest='class_label', help="class to draw (class-conditional models); several, "
                         "e.g. '0-9': a grid with one row per class")
-    parser.add_argument('--guidance', type=float, default=1.0, help='classifier-free guidance weight (default 1)')
+    parser.add_argument('--guidance', type=float, help='classifier-free guidance weight, with --class (default 1)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--fid', action='store_true', help='with --seeds on images: then compute the metrics (fid.py flags below)')
-    fid.add_metric_args(parser)
+    metric_flags = fid.add_metric_args(parser)
     args = parser.parse_args(argv)
-    check_sampler_args(args)
-    fid.check_metric_args(args)
-    seeds = _seeds(args)
-    if args.fid and not seeds:
-        raise UsageError('--fid: needs --seeds (the metrics read one PNG per seed)')
+    out = check_args(args, metric_flags)
 
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    classes = _classes(args)
-    model = load_for_sampling(args)
+    seeds, classes = _seeds(args), _classes(args)
+    model = load_for_sampling(args, check=lambda model: check_model(args, model, seeds, classes, world))
+    args.class_label = classes[0] if classes else None
+    args.guidance = 1.0 if args.guidance is None else args.guidance
+    num = len(seeds) if seeds else args.num or model.config.sample.num
+    if len(classes) > 1:
+        return class_grid(args, model, classes, num, out)
+    return draw(args, model, seeds, num, out, rank, world)
+
+
+def check_args(args, metric_flags):
+    """The checks that need neither torch nor the checkpoint, then the device's; returns the output folder."""
+    check_sampler_args(args)
+    if args.fid:
+        fid.check_metric_args(args)
+    for action in metric_flags:
+        if not args.fid and getattr(args, action.dest) != action.default:
+            raise UsageError(f'{action.option_strings[0]}: a flag of --fid (give --fid too, or leave it out)')
+    if args.seeds is not None and args.num is not None:
+        raise UsageError('--num and --seeds: give one (--seeds draws one sample per seed)')
+    if not args.batch > 0:
+        raise UsageError(f'--batch: must be > 0 (got {args.batch})')
+    if args.fid and args.seeds is None:
+        raise UsageError('--fid: needs --seeds (the metrics read one PNG per seed)')
+    if args.guidance is not None and not (args.guidance >= 0 and math.isfinite(args.guidance)):
+        raise UsageError(f'--guidance: must be a number >= 0 (got {args.guidance}; 0: unconditional, 1: conditional)')
+    if args.out is not None:
+        out = Path(args.out)
+        check_output_folder(out, '--out')
+    else:
+        out = Path(args.ckpt).resolve().parent.parent / 'samples'
+        check_output_folder(out, '--out', hint=' (the default next to the checkpoint; give --out DIR)')
+    check_device(args.device)
+    return out
+
+
+def check_model(args, model, seeds, classes, world):
+    """The checks that need the checkpoint, before any sampling."""
     try:
         for class_label in classes:
             model.check_class_label(class_label)
     except ValueError as e:
         raise UsageError(f'--class: {e}') from None
-    args.class_label = classes[0] if classes else None
+    if args.guidance is not None:
+        if not model.config.network.class_conditional:
+            raise UsageError('--guidance: this model is not class-conditional (network.class_conditional: false); '
+                             'drop --guidance')
+        if not classes:
+            raise UsageError('--guidance: needs --class (without it the samples are unconditional)')
     if world > 1 and not (seeds and model.is_image_model):
         raise UsageError('torchrun: several processes share out the --seeds of an image model only')
-    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / 'samples'
-    num = len(seeds) if seeds else args.num or model.config.sample.num
-    if len(classes) > 1:
-        return class_grid(args, model, classes, num, out)
+    if len(classes) > 1 and (not model.is_image_model or seeds is not None):
+        raise UsageError('--class with several classes: a grid of image samples, without --seeds')
+    if args.fid:
+        if not model.is_image_model:
+            raise UsageError(f'--fid: {args.ckpt}: not an image model (its metrics are metrics.py\'s)')
+        fid.check_data(args, model.dataset)
+
+
+def progress(args, model, total, rank=0):
+    """A progress bar on stderr over `total` samples, in samples per second (silent with --quiet and on
+    ranks other than 0), and the number of solver steps by which each batch advances it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit='img' if model.is_image_model else 'sample', desc='sample', dynamic_ncols=True,
+               disable=args.quiet or rank != 0)
+    return bar, len(model.sigmas(args.steps, args.schedule, args.sigma_min, args.sigma_max, args.rho)) - 1
+
+
+def advance(bar, size, steps, i):
+    """Move `bar` on by solver step `i` of `steps` through a batch of `size` samples (`size` over all steps)."""
+    bar.update(size * (i + 1) // steps - size * i // steps)
+
+
+def draw(args, model, seeds, num, out, rank, world):
+    """Sample `num` points or images (with --seeds, this rank's share of them) and write them to `out`."""
+    import numpy as np
+    import torch
+
+    from training import plots
+
     batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
     # Under torchrun each process takes every world-th batch: the same batches as one process, so
     # the same images bit for bit, with no seed twice and none missed.
     batches = batches[rank::world]
     xs, paths = [], []
-    for batch in batches:
-        path = []
-        callback = (lambda step: path.append(step['x'].cpu())) if args.trajectories else None
-        x = model.sample(None if batch else num, seeds=batch, callback=callback, class_label=args.class_label,
-                         guidance=args.guidance, **sample_kwargs(args))
-        paths.append(path)
-        if model.is_image_model:  # written as they come: 50,000 images need not fit in memory
-            for seed, image in zip(batch or (), plots.to_uint8(x)):
-                plots.save_image(image, out / f'{seed:06d}.png')
-            x = x[:64 - sum(len(kept) for kept in xs)]
-        xs.append(x.cpu())
+    bar, steps = progress(args, model, sum(len(batch) for batch in batches) if seeds else num, rank)
+    with bar:
+        for batch in batches:
+            size, path = len(batch) if batch else num, []
+
+            def callback(step):
+                advance(bar, size, steps, step['i'])
+                if args.trajectories:
+                    path.append(step['x'].cpu())
+
+            x = model.sample(None if batch else num, seeds=batch, callback=callback, class_label=args.class_label,
+                             guidance=args.guidance, **sample_kwargs(args))
+            paths.append(path)
+            if model.is_image_model:  # written as they come: 50,000 images need not fit in memory
+                for seed, image in zip(batch or (), plots.to_uint8(x)):
+                    plots.save_image(image, out / f'{seed:06d}.png')
+                x = x[:64 - sum(len(kept) for kept in xs)]
+            xs.append(x.cpu())
     x = torch.cat(xs)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -110,15 +180,25 @@ def main(argv=None):
 
 def class_grid(args, model, classes, num, out):
     """DIR/grid.png: a row of `num` images per class, every row from the same initial noise."""
-    if not model.is_image_model or args.seeds is not None:
-        raise UsageError('--class with several classes: a grid of image samples, without --seeds')
-    rows = [model.sample(num, class_label=k, guidance=args.guidance, **sample_kwargs(args)).cpu() for k in classes]
+    import torch
+
+    from training import plots
+
+    rows = []
+    bar, steps = progress(args, model, num * len(classes))
+    with bar:
+        for k in classes:
+            x = model.sample(num, class_label=k, guidance=args.guidance,
+                             callback=lambda step: advance(bar, num, steps, step['i']), **sample_kwargs(args))
+            rows.append(x.cpu())
     plots.save_image(plots.image_grid(torch.cat(rows), nrow=num), out / 'grid.png')
     print(f'sample: wrote {out}/grid.png ({len(classes)} classes × {num})')
 
 
 def _classes(args):
     """The --class list (empty without --class), parsed like --seeds."""
+    import sampling
+
     if args.class_label is None:
         return []
     try:
@@ -128,13 +208,11 @@ def _classes(args):
 
 
 def _seeds(args):
-    """The --seeds list, or None; one-line errors for bad ranges and clashing flags."""
+    """The --seeds list, or None."""
+    import sampling
+
     if args.seeds is None:
         return None
-    if args.num is not None:
-        raise UsageError('--num and --seeds: give one (--seeds draws one sample per seed)')
-    if not args.batch > 0:
-        raise UsageError(f'--batch: must be > 0 (got {args.batch})')
     try:
         return sampling.parse_seeds(args.seeds)
     except ValueError as e:

@@ -146,8 +146,8 @@ def test_torchrun_sampling_shares_out_the_seeds_and_matches_one_process(tmp_path
     classifier = ['--fid', '--features', 'classifier', '--cache-dir', str(tmp_path / 'cache'), '--num-reference', '100',
                   '--metrics', 'fid', '--json', str(tmp_path / 'fid.json')]
     result = _run([*TORCHRUN, *common, '--out', str(tmp_path / 'two'), *classifier], timeout=600)
-    assert result.stdout.count('frechet_inception_distance') == 1  # rank 0 alone, over all 11 images
-    assert 'frechet_inception_distance' in (tmp_path / 'fid.json').read_text()
+    assert result.stdout.count('frechet_classifier_distance') == 1  # rank 0 alone, over all 11 images
+    assert 'frechet_classifier_distance' in (tmp_path / 'fid.json').read_text()
     _run([sys.executable, *common, '--out', str(tmp_path / 'one')])
     names = sorted(p.name for p in (tmp_path / 'one').glob('0*.png'))
     assert names == [f'{s:06d}.png' for s in range(11)]
