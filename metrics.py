@@ -17,8 +17,8 @@ import json
 import math
 from pathlib import Path
 
-from training.cli import (Parser, UsageError, add_sampler_args, check_device, check_output_file, check_sampler_args,
-                          load_for_sampling, main_guard, sample_kwargs)
+from cli import (Parser, UsageError, add_sampler_args, check_device, check_output_file, check_sampler_args,
+                 load_for_sampling, main_guard, sample_kwargs)
 
 
 def sigma_curves(denoiser, dataset, sigma, num, generator):
@@ -40,7 +40,7 @@ def likelihood(model, exact, num, seed, no_ema):
     """Mean NLL (nats, bits/dim) of `num` held-out points: model and exact denoiser by I-MMSE, and exact −log p."""
     import torch
 
-    from training.likelihood import bits_per_dim, nll
+    from entropy.likelihood import bits_per_dim, nll
 
     x0 = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(seed + 7))
     dim = model.dataset.dim
@@ -76,8 +76,8 @@ def main(argv=None):
     import torch
 
     import sampling
-    from training import plots
-    from training.metrics import sample_metrics
+    from evaluation import plots
+    from evaluation.metrics import sample_metrics
     model = load_for_sampling(args, check=lambda model: check_model(args, model))
     num = args.num or 5000
     kwargs = sample_kwargs(args)

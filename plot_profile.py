@@ -10,8 +10,8 @@ overrides, so a measured profile can be exported as a fixed training schedule.
 
 from pathlib import Path
 
-from training.cli import (PROFILE_SCHEDULE_NAMES, Parser, UsageError, check_checkpoint_path, check_device,
-                          check_output_file, load_for_sampling, main_guard)
+from cli import (PROFILE_SCHEDULE_NAMES, Parser, UsageError, check_checkpoint_path, check_device,
+                 check_output_file, load_for_sampling, main_guard)
 
 
 @main_guard
@@ -36,7 +36,7 @@ def main(argv=None):
         check_output_file(out, '--out', hint=' (the default next to the checkpoint; give --out FILE)')
     check_device(args.device)
 
-    from training import plots
+    from evaluation import plots
     model = load_for_sampling(args)
     schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', *PROFILE_SCHEDULE_NAMES)}
     out.parent.mkdir(parents=True, exist_ok=True)

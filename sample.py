@@ -20,9 +20,8 @@ import math
 import os
 from pathlib import Path
 
-import fid
-from training.cli import (Parser, UsageError, add_sampler_args, check_device, check_output_folder, check_sampler_args,
-                          load_for_sampling, main_guard, sample_kwargs)
+from cli import (Parser, UsageError, add_metric_args, add_sampler_args, check_data, check_device, check_metric_args,
+                 check_output_folder, check_sampler_args, compute, load_for_sampling, main_guard, sample_kwargs)
 
 
 @main_guard
@@ -39,7 +38,7 @@ def main(argv=None):
     parser.add_argument('--guidance', type=float, help='classifier-free guidance weight, with --class (default 1)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--fid', action='store_true', help='with --seeds on images: then compute the metrics (fid.py flags below)')
-    metric_flags = fid.add_metric_args(parser)
+    metric_flags = add_metric_args(parser)
     args = parser.parse_args(argv)
     out = check_args(args, metric_flags)
 
@@ -58,7 +57,7 @@ def check_args(args, metric_flags):
     """The checks that need neither torch nor the checkpoint, then the device's; returns the output folder."""
     check_sampler_args(args)
     if args.fid:
-        fid.check_metric_args(args)
+        check_metric_args(args)
     for action in metric_flags:
         if not args.fid and getattr(args, action.dest) != action.default:
             raise UsageError(f'{action.option_strings[0]}: a flag of --fid (give --fid too, or leave it out)')
@@ -100,7 +99,7 @@ def check_model(args, model, seeds, classes, world):
     if args.fid:
         if not model.is_image_model:
             raise UsageError(f'--fid: {args.ckpt}: not an image model (its metrics are metrics.py\'s)')
-        fid.check_data(args, model.dataset)
+        check_data(args, model.dataset)
 
 
 def progress(args, model, total, rank=0):
@@ -123,7 +122,7 @@ def draw(args, model, seeds, num, out, rank, world):
     import numpy as np
     import torch
 
-    from training import plots
+    from evaluation import plots
 
     batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
     # Under torchrun each process takes every world-th batch: the same batches as one process, so
@@ -164,7 +163,7 @@ def draw(args, model, seeds, num, out, rank, world):
                 torch.distributed.barrier()
                 torch.distributed.destroy_process_group()
             if rank == 0:
-                fid.compute(args, out, model.dataset, model.device)
+                compute(args, out, model.dataset, model.device)
         return
     np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))
@@ -182,7 +181,7 @@ def class_grid(args, model, classes, num, out):
     """DIR/grid.png: a row of `num` images per class, every row from the same initial noise."""
     import torch
 
-    from training import plots
+    from evaluation import plots
 
     rows = []
     bar, steps = progress(args, model, num * len(classes))

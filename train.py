@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from training.checkpoint import AtomicCheckpointIO, Checkpoints, read_checkpoint, remove_stale_temporaries
-from training.cli import Parser, UsageError, main_guard
+from cli import Parser, UsageError, main_guard
 from training.config import ConfigError, config_from_dict, config_to_dict, merge, parse_overrides, read_config_file
 from training.module import EDMModule, batch_split, model_from_checkpoint
 from training.shutdown import GracefulShutdown

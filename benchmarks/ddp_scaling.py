@@ -1,7 +1,7 @@
 """Data-parallel scaling: train.py's steps/s and images/s with 1 and 2 processes on the same global
 batch (Lightning's launcher, DDP), and their ratio, on the device it runs on.
 
-    python benchmarks/ddp_scaling.py [--accelerator cpu|gpu] [--config FILE] [--batch 512] [--steps 300 600]
+    python -m benchmarks.ddp_scaling [--accelerator cpu|gpu] [--config FILE] [--batch 512] [--steps 300 600]
 
 Start-up (imports, process launch, set-up) is taken out by timing two run lengths per process
 count: steps/s = (long − short) / (time(long) − time(short)). On a 2-core CPU the two processes

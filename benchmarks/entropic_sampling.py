@@ -1,6 +1,6 @@
 """Sampling schedules compared at few steps: karras ρ=7 against entropic and rescaled-entropic time.
 
-    python benchmarks/entropic_sampling.py [--datasets ring tree moons swissroll] [--ckpt RUN/checkpoints/last.ckpt ...]
+    python -m benchmarks.entropic_sampling [--datasets ring tree moons swissroll] [--ckpt RUN/checkpoints/last.ckpt ...]
         [--nfe 4 8 16 32 64] [--num 4000] [--out DIR]
 
 For each toy mixture, with its EXACT denoiser (the discretisation error alone), and for each given
@@ -13,19 +13,17 @@ the same noise. Writes DIR/results.md and DIR/nfe.png.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-import sampling  # noqa: E402
-from training.config import DataConfig  # noqa: E402
-from training.data import build_dataset  # noqa: E402
-from training.entropy import EntropyProfile  # noqa: E402
-from training.metrics import mixture_nll  # noqa: E402
-from training.module import load_model  # noqa: E402
+import sampling
+from training.config import DataConfig
+from datasets import build_dataset
+from entropy.profile import EntropyProfile
+from evaluation.metrics import mixture_nll
+from training.module import load_model
 
 SCHEDULES = ('karras', 'entropic', 'rescaled-entropic')
 SOLVERS = ('euler', 'heun', 'dpmpp_2m')

@@ -1,6 +1,6 @@
 """Training σ distributions compared on toy data and MNIST: quality against steps, and the speed-up.
 
-    python benchmarks/entropic_training.py [--datasets ring tree moons swissroll mnist] [--seeds 0 1 2]
+    python -m benchmarks.entropic_training [--datasets ring tree moons swissroll mnist] [--seeds 0 1 2]
         [--steps 10000] [--evals 1000 2000 4000 6000 8000 10000] [--workers 2] [--out DIR] [--summarise-only]
 
 Every run is `train.py`'s own Lightning loop (the same model, batch, optimizer, EMA) with one
@@ -27,12 +27,10 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 VARIANTS = {
     'lognormal': [],
@@ -58,7 +56,7 @@ QUALITY = {'gap': 'exact-NLL gap (nats)', 'fd': 'classifier Fréchet distance'}
 
 def classifier_path(data):
     """The cached digit classifier of fid.py (`--features classifier`), trained here if missing."""
-    from training import fidelity
+    from evaluation import fidelity
 
     path, accuracy = fidelity.cached_classifier(data, Path.home() / '.cache' / 'cedm')
     if accuracy is not None:
@@ -91,8 +89,8 @@ def exact_floors(dataset, seeds):
 
     import sampling
     from training.config import load_config
-    from training.data import build_dataset
-    from training.metrics import mixture_nll, sliced_wasserstein
+    from datasets import build_dataset
+    from evaluation.metrics import mixture_nll, sliced_wasserstein
 
     config = load_config(config_file(dataset))
     mixture, s = build_dataset(config.data).mixture, config.sample
@@ -143,14 +141,14 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
     torch.set_num_threads(threads)
     import train
     from training.config import load_config
-    from training.entropy import EntropyProfile
-    from training.fidelity import DigitClassifier
-    from training.metrics import mixture_nll, sliced_wasserstein
+    from entropy.profile import EntropyProfile
+    from evaluation.fidelity import DigitClassifier
+    from evaluation.metrics import mixture_nll, sliced_wasserstein
     from training.module import EDMModule
 
     path = out / 'runs' / f'{dataset}-{variant}-{seed}.json'
     if dataset in IMAGES:
-        from training.data import build_dataset
+        from datasets import build_dataset
         weights = classifier_path(build_dataset(load_config(config_file(dataset)).data))
         fingerprint = classifier_fingerprint(weights)
     if path.is_file():
@@ -311,7 +309,7 @@ def main():
         return summarise(results, args.datasets, args.variants, seeds, out)
     jobs = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants]
     if set(args.datasets) & IMAGES:  # once, before the workers would race to train it
-        from training.data import build_dataset
+        from datasets import build_dataset
         from training.config import load_config
         classifier_path(build_dataset(load_config(CONFIGS['mnist']).data))
     threads = max(1, (os.cpu_count() or 1) // args.workers)

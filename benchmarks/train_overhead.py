@@ -1,6 +1,6 @@
 """Training throughput of train.py's Lightning loop against a minimal hand-written PyTorch loop.
 
-    python benchmarks/train_overhead.py [--steps 4000] [--warmup 200] [--window 1000] [--repeats 5] [--threads N]
+    python -m benchmarks.train_overhead [--steps 4000] [--warmup 200] [--window 1000] [--repeats 5] [--threads N]
                                         [key=value ...]
 
 The loops train the same model (the default config unless overridden) with the same batch,
@@ -29,21 +29,19 @@ import argparse
 import contextlib
 import copy
 import itertools
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from ema_pytorch import EMA  # noqa: E402
+import lightning as L
+import torch
+from ema_pytorch import EMA
 
-import train  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.loss import edm_loss  # noqa: E402
-from training.module import EDMModule, without_nvml_check  # noqa: E402
+import train
+from training.config import load_config
+from training.loss import edm_loss
+from training.module import EDMModule, without_nvml_check
 
 
 class StepTimer(L.Callback):

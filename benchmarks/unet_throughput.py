@@ -2,7 +2,7 @@
 preconditioner and loss, and peak memory, for the DDPM++ and the magnitude-preserving UNet at the
 MNIST and CIFAR-10 presets, on the device it runs on; the ratio mp-unet / unet per dataset.
 
-    python benchmarks/unet_throughput.py [--device cpu|cuda] [--batch 16] [--iters 5] [--precision 32|bf16]
+    python -m benchmarks.unet_throughput [--device cpu|cuda] [--batch 16] [--iters 5] [--precision 32|bf16]
                                          [--datasets mnist cifar10]
 
 Each network runs in its own process, so CPU peak memory (the process's maximum resident set, less
@@ -13,11 +13,8 @@ torch.cuda.max_memory_allocated.
 import argparse
 import multiprocessing
 import resource
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CASES = [  # (dataset, network, preset, image shape)
     ('mnist', 'unet', 'ddpmpp-mnist-small', (1, 32, 32)),

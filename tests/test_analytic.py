@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from networks.analytic import GaussianMixture, PointSet
+from datasets.mixture import GaussianMixture, PointSet
 
 
 def mixture():

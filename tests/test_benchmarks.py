@@ -10,12 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
-import entropic_training  # noqa: E402
-import train_overhead  # noqa: E402
-
-from training import fidelity  # noqa: E402
-from training.images import mnist_5k  # noqa: E402
+from benchmarks import entropic_training, train_overhead
+from datasets.images import mnist_5k
+from evaluation import fidelity
 
 
 def test_overhead_windows_leave_out_only_the_spans_inside_them():

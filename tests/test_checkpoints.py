@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import train
-from training.checkpoint import Checkpoints, link_atomically
+from files import link_atomically
+from training.checkpoint import Checkpoints
 
 from .test_reliability import SMALL, _SendSignal, _with_callback, assert_same_training_state
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from training.config import DataConfig
-from training.data import build_dataset
+from datasets import build_dataset
 
 NAMES = ['ring', 'moons', 'swissroll', 'checkerboard', 'tree']
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import train
-from training import fidelity
+from evaluation import fidelity
 from training.config import ConfigError, load_config
-from training.data import build_dataset
+from datasets import build_dataset
 from training.module import batch_split
 
 from .test_reliability import SMALL, _SendSignal, _with_callback, assert_same_training_state

@@ -7,7 +7,11 @@ import pytest
 import scipy.stats
 import torch
 
-from networks import EDMPrecond, MLP, VEPrecond, VPPrecond, build_denoiser
+from networks import EDMPrecond
+from networks import MLP
+from networks import VEPrecond
+from networks import VPPrecond
+from networks import build_denoiser
 from training.config import NetworkConfig, PrecondConfig
 from training.loss import edm_loss
 from training.noise import LogisticLogSNR, LogNormal, LogUniform

@@ -10,8 +10,8 @@ import scipy.optimize
 import scipy.stats
 import torch
 
-from training.data import ring
-from training.entropy import EntropyProfile
+from datasets import ring
+from entropy.profile import EntropyProfile
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 LOG_RANGE = math.log(SIGMA_MAX / SIGMA_MIN)

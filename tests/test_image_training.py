@@ -94,7 +94,7 @@ def test_class_grid_has_one_row_per_class(mnist_run, tmp_path, capsys):
     # Row k is class k's samples from the same seed: what sampling class 5 alone gives.
     model = load_model(ckpt, device='cpu')
     row = read_image(str(out / 'grid.png'))[..., 36:68, 2:34]
-    from training import plots
+    from evaluation import plots
     alone = plots.to_uint8(model.sample(4, steps=2, seed=0, class_label=5, guidance=2.0))[0]
     assert torch.equal(row[:1], alone)
     assert 'with several classes' in _one_line(capsys, sample.main, ['--ckpt', ckpt, '--class', '1-2', '--seeds', '0-3'])
@@ -111,7 +111,7 @@ def _one_line(capsys, fn, argv):
 
 
 def _write_pngs(images, folder):
-    from training import plots
+    from evaluation import plots
     for i, image in enumerate(images):
         plots.save_image(image, folder / f'{i:06d}.png')
 
@@ -119,8 +119,8 @@ def _write_pngs(images, folder):
 def test_classifier_frechet_distance_orders_real_collapsed_and_noise(mnist_run, tmp_path, capsys):
     """Real digits (not among the reference images) score far better than one digit class alone
     (mode collapse), which scores better than noise, by KID and FID alike."""
-    from training.fidelity import ReferenceImages
-    from training.images import mnist_5k
+    from evaluation.fidelity import ReferenceImages
+    from datasets.images import mnist_5k
     data = mnist_5k()
     held_out = torch.ones(len(data), dtype=torch.bool)
     held_out[ReferenceImages(data, 1000).index] = False  # the digits fid.py compares with

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from training.config import ConfigError, load_config
-from training.data import build_dataset
-from training.images import DataError, ImageData, mnist_5k, torchvision_data
+from datasets import build_dataset
+from datasets.images import DataError, ImageData, mnist_5k, torchvision_data
 
 
 def write_mnist(root, n=12, seed=0):

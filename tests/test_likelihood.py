@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from training.data import ring
-from training.likelihood import bits_per_dim, nll
+from datasets import ring
+from entropy.likelihood import bits_per_dim, nll
 
 
 def gen(seed=0):

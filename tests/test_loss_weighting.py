@@ -8,7 +8,7 @@ import torch
 
 from training import rng
 from training.config import load_config
-from training.entropy import EntropyProfile
+from entropy.profile import EntropyProfile
 from training.loss import edm_loss
 from training.module import EDMModule
 

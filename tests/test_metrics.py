@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from networks.analytic import GaussianMixture
-from training.metrics import mixture_nll, mmd, sample_metrics, sliced_wasserstein
+from datasets.mixture import GaussianMixture
+from evaluation.metrics import mixture_nll, mmd, sample_metrics, sliced_wasserstein
 
 
 def normal(n, d, seed):

@@ -17,11 +17,11 @@ import torch
 import metrics
 import sampling
 import train
-from networks.analytic import GaussianMixture
+from datasets.mixture import GaussianMixture
 from training import module as module_lib
 from training.checkpoint import read_checkpoint
 from training.config import ConfigError, config_from_dict, config_to_dict, load_config
-from training.entropy import EntropyProfile
+from entropy.profile import EntropyProfile
 from training.module import EDMModule, load_model
 
 SMALL = ['trainer.batch_size=64', 'trainer.log_every=5', 'trainer.plot_every=100000', 'trainer.progress_bar=false',

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import sampling
-from networks.analytic import GaussianMixture
+from datasets.mixture import GaussianMixture
 from sampling import SOLVERS, euler, heun, karras_sigmas, loglinear_sigmas, vp_sigmas
-from training.metrics import sliced_wasserstein
+from evaluation.metrics import sliced_wasserstein
 
 
 def ring():

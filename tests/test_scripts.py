@@ -270,7 +270,7 @@ def test_preconditionings_datasets_and_distributions_train(overrides, tmp_path):
 def test_profile_figure_draws_the_density_the_run_trained_with(tiny_run):
     """The tiny run draws σ from EDM's lognormal (P_mean −1.2): the figure's training density peaks at
     σ = e^−1.2 per log σ, wherever the profile's own entropic density (drawn too, labelled) peaks."""
-    from training import plots
+    from evaluation import plots
     model = load_model(tiny_run / 'checkpoints' / 'last.ckpt', device='cpu')
     lines = {line.get_label(): line for line in plots.profile_figure(
         model.profile, training_log_density=model.sigma_log_density).axes[0].lines}

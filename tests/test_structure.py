@@ -9,10 +9,10 @@ import pytest
 import scipy.stats
 import torch
 
-from networks.analytic import GaussianMixture
-from training.data import ring
-from training.entropy import EntropyProfile
-from training.spectrum import covariance_spectrum, lmmse
+from datasets.mixture import GaussianMixture
+from datasets import ring
+from entropy.profile import EntropyProfile
+from entropy.spectrum import covariance_spectrum, lmmse
 
 from .test_entropy import assert_valid_sigmas, with_config
 
@@ -333,7 +333,7 @@ def test_degenerate_statistics_give_finite_sigmas_and_a_defined_fraction(name, p
 
 
 def test_profile_figure_draws_the_structure_rate():
-    from training import plots
+    from evaluation import plots
 
     figure = plots.profile_figure(mixture_profile('ring'))
     labels = [line.get_label() for line in figure.axes[0].lines]

@@ -13,7 +13,7 @@ import fid
 import metrics
 import plot_profile
 import sample
-from training import cli
+import cli
 
 
 def _cuda_case():
@@ -129,12 +129,12 @@ def test_help_and_flag_errors_import_neither_torch_nor_lightning(paths):
 
 def test_flag_names_match_the_registries():
     import sampling
-    from training import fidelity
-    from training.entropy import PROFILE_SCHEDULES
+    from evaluation import fidelity
+    from entropy.profile import PROFILE_SCHEDULES
     assert cli.SOLVER_NAMES == tuple(sorted(sampling.SOLVERS))
     assert cli.SCHEDULE_NAMES == tuple(sampling.SCHEDULES)
     assert cli.PROFILE_SCHEDULE_NAMES == tuple(PROFILE_SCHEDULES)
-    assert fid.METRICS == fidelity.METRICS
+    assert cli.METRICS == fidelity.METRICS
 
 
 @pytest.mark.slow
@@ -150,9 +150,10 @@ def test_edm_flag_names_and_progress_bar(paths, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_fid_names_classifier_numbers_for_the_classifier(tmp_path, capsys):
-    from training import fidelity, plots
+    from evaluation import fidelity
+    from evaluation import plots
     from training.config import load_config
-    from training.data import build_dataset
+    from datasets import build_dataset
     data = build_dataset(load_config('configs/mnist/small.yaml').data)
     fidelity.train_classifier(data, fidelity.classifier_file(data, tmp_path / 'cache'), steps=20)
     images = tmp_path / 'images'

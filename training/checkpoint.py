@@ -4,21 +4,18 @@ A cedm checkpoint is a Lightning checkpoint with an extra 'cedm' entry holding t
 config, the EMA state and the random-generator states.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .config import ConfigError, config_from_dict
+from errors import CheckpointError, ConfigError
+from files import link_atomically, save_atomically
+
+from .config import config_from_dict
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with a one-line message naming the file."""
 
 
 class Checkpoints(L.Callback):
@@ -57,46 +54,12 @@ class Checkpoints(L.Callback):
             self.saved_step = trainer.global_step
 
 
-def _write_atomically(path, write):
-    """Call `write(temporary path)`, then rename the temporary file onto `path`: whenever the process
-    dies, `path` is the previous complete file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def link_atomically(source, path):
-    """Make `path` the file `source` (a hard link; a synced copy where links are not supported)."""
-    def write(tmp):
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-            _fsync(tmp)
-    _write_atomically(path, write)
-
-
-def _fsync(path):
-    with open(path, 'rb+') as f:
-        os.fsync(f.fileno())
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file in the same folder, syncs it, then renames it into place, so
     the checkpoint at `path` is always a complete file whenever the process dies."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        def write(tmp):
-            with open(tmp, 'wb') as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-        _write_atomically(path, write)
+        save_atomically(checkpoint, path)
 
 
 def remove_stale_temporaries(folder):

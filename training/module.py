@@ -21,16 +21,17 @@ import sampling
 from networks import build_denoiser
 from networks.mp_unet import uncertainty_weighted_loss
 
-from . import plots, rng
-from .checkpoint import FORMAT_VERSION, CheckpointError, first_line, read_checkpoint
-from .cli import RunStopped
-from .config import ConfigError, config_to_dict
-from .data import build_dataset
-from .entropy import PROFILE_SCHEDULES, STRUCTURE_DENSITIES, EntropyProfile
+from datasets import build_dataset
+from entropy import PROFILE_SCHEDULES, STRUCTURE_DENSITIES, EntropyProfile, covariance_spectrum
+from errors import CheckpointError, ConfigError, RunStopped
+from evaluation import plots
+from evaluation.metrics import sample_metrics
+
+from . import rng
+from .checkpoint import FORMAT_VERSION, first_line, read_checkpoint
+from .config import config_to_dict
 from .loss import edm_loss
-from .metrics import sample_metrics
 from .noise import build_noise
-from .spectrum import covariance_spectrum
 
 
 class SigmaBins:

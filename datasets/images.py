@@ -11,9 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded, with a one-line message naming the path and what is expected."""
+from errors import DataError
 
 
 # What torchvision reads under `root`, named in the error when it is missing.

@@ -11,7 +11,7 @@ anyway (online), or those of a given denoiser (`from_denoiser`, offline) — and
 - a logistic distribution over log-SNR (Kong et al. 2023);
 - given the data's covariance spectrum, the structure rate s(σ) = (lmmse − mmse)/σ² ≥ 0 per log σ: the
   rate at which noise destroys the data's non-Gaussian structure (lmmse: the Wiener filter's error,
-  `training.spectrum`), whose integral over log σ is the data's negentropy.
+  `entropy.spectrum`), whose integral over log σ is the data's negentropy.
 A trained network's error is at least the mmse, so its profile is biased up, most early in training.
 """
 
@@ -71,7 +71,7 @@ class EntropyProfile(torch.nn.Module):
     density puts most of its mass at the smallest σ of the grid; the factor σ makes it vanish there.
 
     `spectrum` (optional, or `set_spectrum` later): the eigenvalues [d] of the data covariance, in data
-    units squared, from `training.spectrum.covariance_spectrum`; they give lmmse and the structure rate.
+    units squared, from `entropy.spectrum.covariance_spectrum`; they give lmmse and the structure rate.
 
     Estimation, per bin: `update` adds each error's excess over the Wiener filter's error at the
     sample's own σ, ‖D − x0‖² − lmmse(σ_i) (the error itself without a spectrum), to pending float64 sums;
@@ -345,7 +345,7 @@ class EntropyProfile(torch.nn.Module):
 
     def lmmse(self):
         """(σ at the bin centres, lmmse) [num_bins] each, float64: the Wiener filter's error for the data's
-        covariance (`training.spectrum`), in data units squared summed over dimensions; NaN without a spectrum."""
+        covariance (`entropy.spectrum`), in data units squared summed over dimensions; NaN without a spectrum."""
         sigma = self.sigma_grid
         if self.spectrum is None:
             return sigma, torch.full_like(sigma, math.nan)

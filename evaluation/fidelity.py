@@ -15,17 +15,14 @@ from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from .checkpoint import AtomicCheckpointIO
+from errors import FidelityError
+from files import save_atomically
 
 # torch-fidelity's Inception weights, under torch hub's cache once downloaded.
 INCEPTION_FILE = 'weights-inception-2015-12-05-6726825d.pth'
 INCEPTION_URL = 'https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/' + INCEPTION_FILE
 CLASSIFIER = 'cedm-digit-classifier'
 METRICS = ('fid', 'kid', 'isc', 'prc')
-
-
-class FidelityError(ValueError):
-    """Metrics that cannot be computed as asked, with a one-line reason."""
 
 
 class ReferenceImages(torch.utils.data.Dataset):
@@ -98,8 +95,8 @@ def train_classifier(data, path, steps=800, batch_size=64, seed=0):
     model.eval()
     with torch.no_grad():
         accuracy = (model(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
-    AtomicCheckpointIO().save_checkpoint({'state_dict': model.state_dict(), 'accuracy': accuracy,
-                                          'resolution': data.shape[-1], 'dataset': data.name}, path)
+    save_atomically({'state_dict': model.state_dict(), 'accuracy': accuracy, 'resolution': data.shape[-1],
+                     'dataset': data.name}, path)
     return accuracy
 
 

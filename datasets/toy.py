@@ -10,9 +10,8 @@ import math
 
 import torch
 
-from networks.analytic import GaussianMixture, PointSet
+from datasets.mixture import GaussianMixture, PointSet
 
-from . import images
 
 
 class MixtureData:
@@ -107,25 +106,3 @@ def tree(depth=6, branch_angle=math.radians(32), length_ratio=0.62, width_ratio=
 
     grow(torch.tensor([0.0, -1.2]), torch.tensor([0.0, 1.0]), 1.0, 0)
     return GaussianMixture(torch.tensor(weights), torch.stack(means), torch.stack(covs))
-
-
-def build_dataset(data):
-    """The dataset of a `DataConfig`: toy data, or images (`training.images`)."""
-    if data.name == 'mnist-5k':
-        return images.mnist_5k(data.resolution)
-    if data.name in ('mnist', 'cifar10'):
-        return images.torchvision_data(data.name, data.root, download=data.download, resolution=data.resolution,
-                                       xflip=data.xflip)
-    if data.name == 'checkerboard':
-        return Checkerboard()
-    if data.name == 'gmm':
-        weights, means = torch.tensor(data.weights), torch.tensor(data.means)
-        if data.stds is not None:
-            mixture = GaussianMixture.isotropic(weights, means, torch.tensor(data.stds))
-        else:
-            mixture = GaussianMixture(weights, means, torch.tensor(data.covs))
-    elif data.name == 'tree':
-        mixture = tree(depth=data.depth)
-    else:
-        mixture = {'ring': ring, 'moons': moons, 'swissroll': swissroll}[data.name]()
-    return MixtureData(data.name, mixture)

@@ -1,0 +1,7 @@
+"""Conditional entropy of the EDM forward process x = x0 + σ·ε, plain torch: the entropy profile
+estimated from denoising errors (`profile`), the data covariance spectrum and the Wiener filter's
+error (`spectrum`), and the I-MMSE likelihood bound (`likelihood`). docs/entropic_time.md has the theory."""
+
+from .likelihood import bits_per_dim, nll
+from .profile import DENSITIES, PROFILE_SCHEDULES, STRUCTURE_DENSITIES, EntropyProfile
+from .spectrum import covariance_spectrum, lmmse
