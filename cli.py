@@ -198,7 +198,7 @@ def check_schedule(args, model):
 def load_for_sampling(args, check=None):
     """The checkpoint's model, its profile re-estimated offline if --estimate-profile was given.
     `check(model)`, if given, runs the caller's checks before those slower steps."""
-    from training.module import load_model  # imports Lightning
+    from sampling_model import load_model
 
     check_checkpoint_path(args.ckpt)
     model = load_model(args.ckpt, device=args.device)

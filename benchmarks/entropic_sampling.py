@@ -23,7 +23,7 @@ from training.config import DataConfig
 from datasets import build_dataset
 from entropy.profile import EntropyProfile
 from evaluation.metrics import mixture_nll
-from training.module import load_model
+from sampling_model import load_model
 
 SCHEDULES = ('karras', 'entropic', 'rescaled-entropic')
 SOLVERS = ('euler', 'heun', 'dpmpp_2m')

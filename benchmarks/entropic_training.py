@@ -120,13 +120,13 @@ def check_one_classifier(results, dataset):
     return fingerprints.pop() if fingerprints else None
 
 
-def classifier_frechet(module, classifier, reference, seed):
+def classifier_frechet(model, classifier, reference, seed):
     """Fréchet distance, in the classifier's features, between SAMPLES_PER_CLASS samples of each class
     (conditional, guidance 1) and `reference` (the features of the training digits)."""
     import torch
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-    x = torch.cat([module.sample(SAMPLES_PER_CLASS, seed=seed + 1000 * k, class_label=k) for k in range(module.dataset.num_classes)])
+    x = torch.cat([model.sample(SAMPLES_PER_CLASS, seed=seed + 1000 * k, class_label=k) for k in range(model.num_classes)])
     with torch.no_grad():
         features = classifier.features(x.clamp(-1, 1).cpu())
     return fid_statistics_to_metric(fid_features_to_statistics(features), fid_features_to_statistics(reference),
@@ -142,6 +142,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
     import train
     from training.config import load_config
     from entropy.profile import EntropyProfile
+    from training.noise import profile_kwargs
     from evaluation.fidelity import DigitClassifier
     from evaluation.metrics import mixture_nll, sliced_wasserstein
     from training.module import EDMModule
@@ -169,19 +170,17 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             if trainer.global_step not in evals:
                 return
             if dataset in IMAGES:
-                quality = {'fd': classifier_frechet(module, classifier, reference, seed)}
+                quality = {'fd': classifier_frechet(module.sampling_model(), classifier, reference, seed)}
                 gen = torch.Generator().manual_seed(1234)
             else:
-                x = module.sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
+                x = module.sampling_model().sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
                 mixture = module.dataset.mixture
                 self.toy = self.toy or toy_reference(mixture)
                 reference_x, entropy, after_reference = self.toy
                 gen = torch.Generator().set_state(after_reference)
                 quality = {'gap': mixture_nll(mixture, x) - entropy,
                            'swd': sliced_wasserstein(x, reference_x, generator=gen)}
-            module.sigma_generator, training_stream = gen, module.sigma_generator  # left untouched
-            sigma = module.draw_sigma(20000)
-            module.sigma_generator = training_stream
+            sigma = module.noise.sample(20000, generator=gen, device=module.device)  # the training stream left untouched
             self.result['step'].append(trainer.global_step)
             for key, value in quality.items():
                 self.result.setdefault(key, []).append(value)
@@ -204,7 +203,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             model.profile.load_state_dict(EntropyProfile.from_denoiser(
                 mixture, lambda n: mixture.sample(n, generator=gen), config.noise.sigma_min, config.noise.sigma_max,
                 num_points=config.noise.num_bins, samples_per_point=4096, generator=gen, batch_size=1 << 16,
-                spectrum=model.profile.spectrum, **model._profile_sampling_kwargs()).state_dict())
+                spectrum=model.profile.spectrum, **profile_kwargs(config.noise, model.dataset.dim)).state_dict())
         trainer = train.build_trainer(config, Path(tmp))
         evaluate = Evaluate()
         trainer.callbacks.append(evaluate)

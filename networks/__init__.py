@@ -1,32 +1,55 @@
 """Denoiser networks: EDM preconditionings, the 2D MLP, the DDPM++ and EDM2 (magnitude-preserving)
-UNets, exact (analytic) denoisers."""
+UNets. Each network and each preconditioning is a builder registered by name (NETWORKS, PRECONDS),
+which the config's `network.name` and `precond.name` accept."""
 
 from . import mp_unet, unet
 from .mlp import MLP
 from .precond import EDMPrecond, Precond, VEPrecond, VPPrecond
 
-PRECONDS = {'edm': EDMPrecond, 'vp': VPPrecond, 've': VEPrecond}
 # Named sizes of the image networks (network.preset).
 PRESETS = {'unet': unet.CONFIGS, 'mp-unet': mp_unet.CONFIGS}
 
+# name -> builder(network_config, shape, num_classes) of the raw network F, for data of per-sample
+# `shape` ([d] points or [C, H, W] images) with `num_classes` labels (0: unconditional).
+NETWORKS = {}
+# name -> builder(raw network, precond_config) of the preconditioned denoiser D(x; σ).
+PRECONDS = {
+    'edm': lambda model, precond: EDMPrecond(model, sigma_data=precond.sigma_data),
+    'vp': lambda model, precond: VPPrecond(model),
+    've': lambda model, precond: VEPrecond(model),
+}
 
-def build_network(network, shape, num_classes=0):
-    """The raw network F of a `NetworkConfig` for data of per-sample `shape` ([d] points or
-    [C, H, W] images) with `num_classes` labels (0: unconditional)."""
-    if network.name == 'mlp':
-        return MLP(dim=shape[0], width=network.width, depth=network.depth, num_freqs=network.num_freqs)
-    channels, resolution = shape[0], shape[-1]
+
+def register_network(name):
+    def add(builder):
+        NETWORKS[name] = builder
+        return builder
+    return add
+
+
+@register_network('mlp')
+def mlp(network, shape, num_classes=0):
+    return MLP(dim=shape[0], width=network.width, depth=network.depth, num_freqs=network.num_freqs)
+
+
+def _preset(network):
+    """The preset's keyword arguments, with the config's overrides."""
     kwargs = dict(PRESETS[network.name][network.preset])
     if network.dropout is not None:
         kwargs['dropout'] = network.dropout
-    if network.name == 'unet':
-        return unet.UNet(**{**kwargs, 'img_resolution': resolution, 'in_channels': channels, 'label_dim': num_classes})
-    return mp_unet.MPUNet(**{**kwargs, 'img_resolution': resolution, 'img_channels': channels, 'label_dim': num_classes})
+    return kwargs
+
+
+@register_network('unet')
+def ddpmpp_unet(network, shape, num_classes=0):
+    return unet.UNet(**_preset(network), img_resolution=shape[-1], in_channels=shape[0], label_dim=num_classes)
+
+
+@register_network('mp-unet')
+def magnitude_preserving_unet(network, shape, num_classes=0):
+    return mp_unet.MPUNet(**_preset(network), img_resolution=shape[-1], img_channels=shape[0], label_dim=num_classes)
 
 
 def build_denoiser(network, precond, shape, num_classes=0):
     """The preconditioned denoiser D(x; σ) for a `NetworkConfig` and a `PrecondConfig`."""
-    model = build_network(network, shape, num_classes)
-    if precond.name == 'edm':
-        return EDMPrecond(model, sigma_data=precond.sigma_data)
-    return PRECONDS[precond.name](model)
+    return PRECONDS[precond.name](NETWORKS[network.name](network, shape, num_classes), precond)

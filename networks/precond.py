@@ -32,6 +32,11 @@ class Precond(nn.Module):
     def loss_weight(self, sigma):
         return 1 / self.c_out(sigma) ** 2
 
+    def logvar(self, sigma):
+        """u(σ) [B], the learned log-variance of the loss at `sigma` [B] (EDM2's `return_logvar`), for a
+        network with a log-variance head (`network.learned_weighting`)."""
+        return self.model.logvar(self.c_noise(sigma))
+
 
 class EDMPrecond(Precond):
     def __init__(self, model, sigma_data=0.5):

@@ -38,7 +38,7 @@ def infinite_loss_on_one_rank(rank, batches):
 
 
 build = train.build_trainer
-train.build_trainer = lambda config, run_dir: (lambda trainer: trainer.callbacks.append(Probe()) or trainer)(build(config, run_dir))
+train.build_trainer = lambda *args: (lambda trainer: trainer.callbacks.append(Probe()) or trainer)(build(*args))
 
 if 'CEDM_PROBE_INF_LOSS' in os.environ:
     rank, batches = os.environ['CEDM_PROBE_INF_LOSS'].split(':')

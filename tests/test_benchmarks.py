@@ -5,7 +5,6 @@ exact-denoiser floor."""
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,7 +53,7 @@ class Sampler:
     """Stands in for a model: `sample(n, seed, class_label)` returns n images of that class from `images`."""
 
     def __init__(self, digits, images):
-        self.dataset, self.images = SimpleNamespace(num_classes=10), images
+        self.num_classes, self.images = 10, images
         self.labels = digits.labels
 
     def sample(self, n, seed, class_label):

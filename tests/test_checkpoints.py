@@ -10,7 +10,7 @@ import torch
 
 import train
 from files import link_atomically
-from training.checkpoint import Checkpoints
+from training.callbacks import Checkpoints
 
 from .test_reliability import SMALL, _SendSignal, _with_callback, assert_same_training_state
 
@@ -43,8 +43,8 @@ def _train(run_dir, monkeypatch, args, signal_at=None):
     """train.main in-process; with `signal_at`, a SIGTERM arrives during that step. Returns the exit code."""
     if signal_at is not None:
         build = train.build_trainer
-        monkeypatch.setattr(train, 'build_trainer', lambda config, rd: _with_callback(
-            build(config, rd), _SendSignal(signal.SIGTERM, signal_at)))
+        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(
+            build(*args), _SendSignal(signal.SIGTERM, signal_at)))
     try:
         train.main(args + [f'run_dir={run_dir}'])
         return 0

@@ -124,7 +124,7 @@ def test_slurm_time_limit_signal_requeues_the_job(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv('SLURM_JOB_ID', '4242')
     build = train.build_trainer
     monkeypatch.setattr(train, 'build_trainer',
-                        lambda config, run_dir: _with_callback(build(config, run_dir), _SendSignal(signal.SIGUSR1, 5)))
+                        lambda *args: _with_callback(build(*args), _SendSignal(signal.SIGUSR1, 5)))
     with pytest.raises(SystemExit) as info:
         train.main(SMALL + ['trainer.max_steps=50', f'run_dir={tmp_path / "run"}'])
     assert info.value.code == 128 + signal.SIGUSR1

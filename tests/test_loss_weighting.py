@@ -33,15 +33,15 @@ def test_importance_weighted_loss_keeps_the_base_objective():
     with torch.no_grad():
         sigma, weighted, _ = model._loss_terms(n)
         x0 = model.dataset.sample(n, generator=model.data_generator)
-        base, _ = edm_loss(model.denoiser, x0, model.noise.sample(n, generator=model.sigma_generator),
+        base, _ = edm_loss(model.denoiser, x0, model.noise.base.sample(n, generator=model.sigma_generator),
                            generator=model.data_generator)
-    torch.testing.assert_close(model.sigma_log_density(sigma), model.profile.log_density(sigma))  # drawn from q
+    torch.testing.assert_close(model.noise.log_density(sigma), model.profile.log_density(sigma))  # drawn from q
 
     def standard_errors_off(loss):
         return ((loss.mean() - base.mean()) / (loss.var() / n + base.var() / n).sqrt()).item()
 
     assert abs(standard_errors_off(weighted)) < 4
-    weight = (model.noise.log_density(sigma) - model.sigma_log_density(sigma)).exp()
+    weight = (model.noise.base.log_density(sigma) - model.noise.log_density(sigma)).exp()
     assert standard_errors_off(weighted / weight ** 2) > 10  # the same check sees the weight inverted
 
 

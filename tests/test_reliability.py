@@ -22,7 +22,8 @@ from training import module as module_lib
 from training.checkpoint import read_checkpoint
 from training.config import ConfigError, config_from_dict, config_to_dict, load_config
 from entropy.profile import EntropyProfile
-from training.module import EDMModule, load_model
+from sampling_model import load_model
+from training.module import EDMModule
 
 SMALL = ['trainer.batch_size=64', 'trainer.log_every=5', 'trainer.plot_every=100000', 'trainer.progress_bar=false',
          'sample.num=100', 'ema.update_after_step=5', 'noise.name=entropic', 'noise.warmup_steps=10',
@@ -100,7 +101,7 @@ class _SendSignal(L.Callback):
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_signal_saves_a_checkpoint_and_exits_with_a_resume_hint(signum, tmp_path, monkeypatch, capsys):
     build = train.build_trainer
-    monkeypatch.setattr(train, 'build_trainer', lambda config, run_dir: _with_callback(build(config, run_dir), _SendSignal(signum, 13)))
+    monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), _SendSignal(signum, 13)))
     run_dir = tmp_path / 'run'
     with pytest.raises(SystemExit) as info:
         train.main(SMALL + ['trainer.max_steps=1000', 'trainer.ckpt_every=10', f'run_dir={run_dir}'])
@@ -143,7 +144,7 @@ def test_cpu_training_steps_without_lightnings_nvml_check_and_restores_it(fail_a
     assert os.environ.get(module_lib.NVML_CHECK) == '1'
     recorder = _RecordNvmlCheck(fail_at)
     build = train.build_trainer
-    monkeypatch.setattr(train, 'build_trainer', lambda config, run_dir: _with_callback(build(config, run_dir), recorder))
+    monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), recorder))
     args = SMALL + ['trainer.max_steps=6', f'run_dir={tmp_path}']
     if fail_at is None:
         train.main(args)

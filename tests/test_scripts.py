@@ -12,7 +12,7 @@ import metrics
 import sample
 import train
 from training.checkpoint import CheckpointError, read_checkpoint
-from training.module import load_model
+from sampling_model import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -271,9 +271,10 @@ def test_profile_figure_draws_the_density_the_run_trained_with(tiny_run):
     """The tiny run draws σ from EDM's lognormal (P_mean −1.2): the figure's training density peaks at
     σ = e^−1.2 per log σ, wherever the profile's own entropic density (drawn too, labelled) peaks."""
     from evaluation import plots
+    from training.noise import build_noise
     model = load_model(tiny_run / 'checkpoints' / 'last.ckpt', device='cpu')
     lines = {line.get_label(): line for line in plots.profile_figure(
-        model.profile, training_log_density=model.sigma_log_density).axes[0].lines}
+        model.profile, training_log_density=build_noise(model.config.noise, model.profile).log_density).axes[0].lines}
     trained = lines['training σ density (scaled)']
     peak = trained.get_xdata()[np.argmax(trained.get_ydata())]
     assert abs(np.log(peak) + 1.2) < 0.15  # within a bin of the grid (64 bins over log(80/0.002))

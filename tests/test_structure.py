@@ -12,6 +12,7 @@ import torch
 from datasets.mixture import GaussianMixture
 from datasets import ring
 from entropy.profile import EntropyProfile
+from training.noise import profile_kwargs
 from entropy.spectrum import covariance_spectrum, lmmse
 
 from .test_entropy import assert_valid_sigmas, with_config
@@ -359,7 +360,7 @@ def exact_profile_into(model, seed=0):
     mixture, g = model.dataset.mixture, gen(seed)
     exact = EntropyProfile.from_denoiser(mixture, lambda n: mixture.sample(n, generator=g), 0.002, 80.0,
                                          num_points=64, samples_per_point=32768, generator=g, batch_size=1 << 16,
-                                         spectrum=model.profile.spectrum, **model._profile_sampling_kwargs())
+                                         spectrum=model.profile.spectrum, **profile_kwargs(model.config.noise, model.dataset.dim))
     model.profile.load_state_dict(exact.state_dict())
 
 
@@ -376,23 +377,21 @@ def test_structure_sampler_falls_back_to_the_base_distribution_on_gaussian_data(
                              'data.covs=[[[0.3,0.1],[0.1,0.2]]]')
     exact_profile_into(model)
     assert model.profile.structure_fraction() < 0.01
-    model.sigma_generator = gen(1)
-    log_sigma = model.draw_sigma(20000).log().numpy()
+    log_sigma = model.noise.sample(20000, generator=gen(1)).log().numpy()
     # The base is EDM's lognormal: log σ ~ N(P_mean, P_std²).
     assert scipy.stats.kstest(log_sigma, 'norm', args=(-1.2, 1.2)).pvalue > 0.01
-    assert torch.allclose(model.sigma_log_density(torch.tensor([0.01, 0.3, 3.0])),
-                          model.noise.log_density(torch.tensor([0.01, 0.3, 3.0])), atol=0.05)
+    assert torch.allclose(model.noise.log_density(torch.tensor([0.01, 0.3, 3.0])),
+                          model.noise.base.log_density(torch.tensor([0.01, 0.3, 3.0])), atol=0.05)
 
 
 def test_structure_sampler_draws_from_the_structure_density_on_the_ring():
     model = structure_module()
     exact_profile_into(model)
     assert model.profile.structure_fraction() == 1
-    model.sigma_generator = gen(1)
-    sigma = model.draw_sigma(20000)
+    sigma = model.noise.sample(20000, generator=gen(1))
     cdf = model.profile.cdf(sigma.double()).numpy()
     assert scipy.stats.kstest(cdf, 'uniform').pvalue > 0.01  # inverse-CDF draws: uniform under their own CDF
-    torch.testing.assert_close(model.sigma_log_density(sigma[:100]), model.profile.log_density(sigma[:100]))
+    torch.testing.assert_close(model.noise.log_density(sigma[:100]), model.profile.log_density(sigma[:100]))
 
 
 def _structure_profile_on_rank(rank, world_size, directory):

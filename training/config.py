@@ -19,8 +19,11 @@ import yaml
 from datasets import DATASETS
 from entropy import DENSITIES, PROFILE_SCHEDULES
 from errors import ConfigError
+from networks import NETWORKS, PRECONDS, PRESETS
 from sampling.schedules import SCHEDULES
 from sampling.solvers import SOLVERS
+
+from .noise import NOISE
 
 
 IMAGE_DATA = ('mnist-5k', 'mnist', 'cifar10')
@@ -74,7 +77,7 @@ class NetworkConfig:
     """mlp: 2D toy data (width, depth, num_freqs). unet (DDPM++, EDM paper) and mp-unet (EDM2's
     magnitude-preserving UNet): images, sized by a named `preset` (networks.PRESETS), `dropout`
     overriding the preset's; mp-unet can learn its loss weighting (`learned_weighting`, EDM2)."""
-    name: Literal['mlp', 'unet', 'mp-unet'] = 'mlp'
+    name: Literal[tuple(NETWORKS)] = 'mlp'
     width: int = 128
     depth: int = 4
     num_freqs: int = 8  # sinusoidal features of c_noise fed beside c_noise itself
@@ -99,7 +102,6 @@ class NetworkConfig:
         if self.learned_weighting and self.name != 'mp-unet':
             raise ConfigError("network.learned_weighting: only the mp-unet has the learned log-variance head")
         if self.name != 'mlp':
-            from networks import PRESETS  # local: the networks import torch modules config readers need not
             if self.preset not in PRESETS[self.name]:
                 close = difflib.get_close_matches(str(self.preset), PRESETS[self.name], n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ''
@@ -109,7 +111,7 @@ class NetworkConfig:
 
 @dataclass
 class PrecondConfig:
-    name: Literal['edm', 'vp', 've'] = 'edm'
+    name: Literal[tuple(PRECONDS)] = 'edm'
     sigma_data: float = 0.5
 
     def validate(self):
@@ -134,14 +136,14 @@ class NoiseConfig:
     changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
     also gives any checkpoint its entropic sampling schedules.
     """
-    name: Literal['lognormal', 'loguniform', 'logistic', 'entropic'] = 'lognormal'
+    name: Literal[tuple(NOISE) + ('entropic',)] = 'lognormal'
     P_mean: float = -1.2
     P_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     loc: float = 0.0    # logistic: location of log-SNR = -2 log σ
     scale: float = 2.0  # logistic: scale of log-SNR
-    base: Literal['lognormal', 'loguniform', 'logistic'] = 'lognormal'
+    base: Literal[tuple(NOISE)] = 'lognormal'
     warmup_steps: int = 1000
     refresh_every: int = 100
     num_bins: int = 64

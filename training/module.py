@@ -17,21 +17,20 @@ import lightning as L
 import torch
 from ema_pytorch import EMA, PostHocEMA
 
-import sampling
-from networks import build_denoiser
-from networks.mp_unet import uncertainty_weighted_loss
-
 from datasets import build_dataset
-from entropy import PROFILE_SCHEDULES, STRUCTURE_DENSITIES, EntropyProfile, covariance_spectrum
+from entropy import STRUCTURE_DENSITIES, covariance_spectrum
 from errors import CheckpointError, ConfigError, RunStopped
 from evaluation import plots
 from evaluation.metrics import sample_metrics
+from networks import build_denoiser
+from networks.mp_unet import uncertainty_weighted_loss
+from sampling_model import SamplingModel
 
 from . import rng
-from .checkpoint import FORMAT_VERSION, first_line, read_checkpoint
+from .checkpoint import FORMAT_VERSION, first_line
 from .config import config_to_dict
 from .loss import edm_loss
-from .noise import build_noise
+from .noise import build_noise, build_profile
 
 
 class SigmaBins:
@@ -104,13 +103,14 @@ class NonFiniteError(RunStopped):
 
 
 class EDMModule(L.LightningModule):
-    def __init__(self, config):
+    def __init__(self, config, spectrum=True):
+        """`spectrum=False` skips drawing the data's covariance spectrum: a checkpoint about to be
+        loaded brings its own."""
         super().__init__()
         self.config = config
         self.dataset = build_dataset(config.data)
-        num_classes = self.dataset.num_classes if config.network.class_conditional else 0
-        self.denoiser = build_denoiser(config.network, config.precond, self.dataset.shape, num_classes)
-        self.noise = build_noise(config.noise)
+        self.num_classes = self.dataset.num_classes if config.network.class_conditional else 0
+        self.denoiser = build_denoiser(config.network, config.precond, self.dataset.shape, self.num_classes)
         e = config.ema
         # object.__setattr__ keeps the EMA out of the module tree (no DDP, no state_dict entry).
         object.__setattr__(self, 'ema', EMA(
@@ -122,18 +122,17 @@ class EDMModule(L.LightningModule):
             object.__setattr__(self, 'posthoc_ema', PostHocEMA(
                 self.denoiser, sigma_rels=tuple(e.posthoc_sigma_rels), checkpoint_every_num_steps='manual',
                 checkpoint_folder=str(self.posthoc_folder), checkpoint_dtype=torch.float32))
-        n = config.noise
         # The profile of the training errors: the σ distribution of `noise.name: entropic`, and the
         # entropic sampling schedules of every checkpoint. Outside the module tree like the EMA:
         # DDP's buffer broadcast would overwrite each rank's own pending statistics.
-        object.__setattr__(self, 'profile', EntropyProfile(
-            sigma_min=n.sigma_min, sigma_max=n.sigma_max, num_bins=n.num_bins, ema_decay=n.profile_decay,
-            **self._profile_sampling_kwargs()))
-        # The data's covariance spectrum gives the profile its Gaussian (Wiener filter) error and so the
-        # structure rate; drawn once, from its own stream, identical on every rank.
-        spectrum_generator = rng.generator('cpu', config.seed, 2**16, 1)
-        self.profile.set_spectrum(covariance_spectrum(
-            lambda k: self.dataset.sample(k, generator=spectrum_generator), n.spectrum_samples))
+        object.__setattr__(self, 'profile', build_profile(config.noise, self.dataset.dim))
+        if spectrum:
+            # The data's covariance spectrum gives the profile its Gaussian (Wiener filter) error and so the
+            # structure rate; drawn once, from its own stream, identical on every rank.
+            spectrum_generator = rng.generator('cpu', config.seed, 2**16, 1)
+            self.profile.set_spectrum(covariance_spectrum(
+                lambda k: self.dataset.sample(k, generator=spectrum_generator), config.noise.spectrum_samples))
+        self.noise = build_noise(config.noise, self.profile)
         self.sigma_bins = SigmaBins()
         self._unbinned = []  # (σ, squared error, loss) of the steps since the last `_bin_errors`
         self.progress_metrics = {}  # what the progress bar shows beside Lightning's own
@@ -146,12 +145,6 @@ class EDMModule(L.LightningModule):
         self.automatic_optimization = False
 
     # ------------------------------------------------------------------ set-up
-    def _profile_sampling_kwargs(self):
-        """How the config's `noise` section shapes the profile's σ density (online and offline alike)."""
-        n = self.config.noise
-        return dict(floor=n.floor, gate_c=n.gate_c, gate_n=n.gate_n, density=n.density, dim=self.dataset.dim,
-                    structure_nats=n.structure_nats)
-
     def _place(self):
         """Move the pieces that live outside the module tree to the module's device."""
         self.ema.to(self.device)
@@ -205,37 +198,6 @@ class EDMModule(L.LightningModule):
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
 
     # ------------------------------------------------------------------ training
-    def _entropic(self):
-        """Whether σ is drawn from the profile at this step (after the warm-up and a first refresh)."""
-        n = self.config.noise
-        return n.name == 'entropic' and self.global_step >= n.warmup_steps and self.profile.num_refreshes > 0
-
-    def draw_sigma(self, n):
-        """σ [n] for a training batch: from the base distribution, or from the profile after the warm-up.
-        The structure densities draw from the profile only with probability α = profile.structure_fraction()
-        and from the base otherwise, so it starts as the base while the model is still about the
-        Wiener filter and the structure measured is about zero."""
-        generator, device = self.sigma_generator, self.device
-        if not self._entropic():
-            return self.noise.sample(n, generator=generator, device=device)
-        sigma = self.profile.sample(n, generator=generator)
-        if self.config.noise.density in STRUCTURE_DENSITIES:
-            base = self.noise.sample(n, generator=generator, device=device)
-            use_profile = torch.rand(n, generator=generator, device=device) < self.profile.structure_fraction()
-            sigma = torch.where(use_profile, sigma, base)
-        return sigma
-
-    def sigma_log_density(self, sigma):
-        """log density per log σ of what `draw_sigma` draws now."""
-        base = self.noise.log_density(sigma)
-        if not self._entropic():
-            return base
-        profile = self.profile.log_density(sigma)
-        if self.config.noise.density not in STRUCTURE_DENSITIES:
-            return profile
-        alpha = self.profile.structure_fraction().to(sigma.device, sigma.dtype)
-        return torch.logaddexp(alpha.log() + profile, (1 - alpha).log() + base)
-
     def _loss_terms(self, n):
         """A fresh batch of `n`: (σ, per-sample training loss, unweighted squared error), all [n]."""
         network = self.config.network
@@ -245,16 +207,16 @@ class EDMModule(L.LightningModule):
             labels = labels * (torch.rand(n, generator=self.data_generator, device=self.device) >= network.label_dropout)[:, None]
         else:
             x0, labels = self.dataset.sample(n, generator=self.data_generator), None
-        sigma = self.draw_sigma(n)
+        sigma = self.noise.sample(n, generator=self.sigma_generator, device=self.device)
         per_sample, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator, class_labels=labels)
         if network.learned_weighting:  # EDM2: per-σ uncertainty u(σ), loss L/e^u + u
-            per_sample = uncertainty_weighted_loss(per_sample, self.denoiser.model.logvar(self.denoiser.c_noise(sigma)))
-        if self._entropic() and self.config.noise.weighting == 'importance':
-            per_sample = per_sample * (self.noise.log_density(sigma) - self.sigma_log_density(sigma)).exp()
+            per_sample = uncertainty_weighted_loss(per_sample, self.denoiser.logvar(sigma))
+        per_sample = per_sample * self.noise.loss_weight(sigma)
         return sigma, per_sample, sq_err
 
     def training_step(self, batch, batch_idx):
         per_rank, per_pass = batch_split(self.config.trainer, self.trainer.world_size)
+        self.noise.step = self.global_step  # entropic σ: the warm-up is counted in optimizer steps
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         ddp = self.trainer.strategy.model
@@ -361,7 +323,7 @@ class EDMModule(L.LightningModule):
                 return
             run_dir = Path(self.config.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            plots.save(plots.profile_figure(self.profile, training_log_density=self.sigma_log_density), run_dir / 'profile.png')
+            plots.save(plots.profile_figure(self.profile, training_log_density=self.noise.log_density), run_dir / 'profile.png')
             (run_dir / 'profile.json').write_text(json.dumps(profile_summary(self.profile), indent=1))
         if self.stopped_by is not None:
             raise self.stopped_by
@@ -372,8 +334,8 @@ class EDMModule(L.LightningModule):
             return
         tb = self.logger.experiment
         s = self.config.sample
-        x = self.sample(s.num, seed=0)
-        if self.is_image_model:
+        x = self.sampling_model().sample(s.num, seed=0)
+        if len(self.dataset.shape) == 3:
             tb.add_image('samples', plots.image_grid(x), step)
         else:
             reference = self.dataset.sample(s.num, generator=rng.generator(self.device, self.config.seed, 2**16))
@@ -385,7 +347,7 @@ class EDMModule(L.LightningModule):
         tb.add_figure('loss_vs_sigma', plots.loss_vs_sigma_figure(centres, means), step)
         # The profile as of its latest refresh; drawn here rather than at every refresh because
         # a figure costs about a second on a CPU, many training steps of a toy model.
-        tb.add_figure('profile', plots.profile_figure(self.profile, training_log_density=self.sigma_log_density), step)
+        tb.add_figure('profile', plots.profile_figure(self.profile, training_log_density=self.noise.log_density), step)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint):
@@ -398,6 +360,8 @@ class EDMModule(L.LightningModule):
             'ranks': self._gather_rank_states(),
             'profile': self.profile.state_dict(),
             'nonfinite_steps': self.nonfinite_steps,
+            'data_shape': list(self.dataset.shape),  # what sampling needs without the data (sampling_model)
+            'num_classes': self.num_classes,
         }
 
     def _gather_rank_states(self):
@@ -412,6 +376,14 @@ class EDMModule(L.LightningModule):
         torch.distributed.all_gather_object(states, local)
         return states
 
+    def check_checkpoint(self, path, checkpoint):
+        """Load `checkpoint` (read from `path`), or CheckpointError in one line when it does not fit this model."""
+        try:
+            self.load_state_dict(checkpoint['state_dict'])
+            self.on_load_checkpoint(checkpoint)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {first_line(e)}") from None
+
     def on_load_checkpoint(self, checkpoint):
         meta = checkpoint['cedm']
         self.ema.load_state_dict(meta['ema'])
@@ -423,95 +395,12 @@ class EDMModule(L.LightningModule):
         self.nonfinite_steps = meta.get('nonfinite_steps', 0)
 
     # ------------------------------------------------------------------ sampling
-    @property
-    def is_image_model(self):
-        return len(self.dataset.shape) == 3
-
-    def use_posthoc_ema(self, sigma_rel):
-        """Replace the EMA weights by the power-function EMA of relative width `sigma_rel`
-        reconstructed from the run's snapshots (EDM2, Algorithm 3, through ema-pytorch)."""
-        if self.posthoc_ema is None:
-            raise ValueError('sigma_rel: this run kept no post-hoc EMA (ema.posthoc: false)')
-        if not list(self.posthoc_folder.glob('*.pt')):
-            raise ValueError(f'sigma_rel: no post-hoc EMA snapshots in {self.posthoc_folder}')
-        synthesized = self.posthoc_ema.synthesize_ema_model(sigma_rel=sigma_rel)
-        synthesized.ema_model.eval()
-        object.__setattr__(self, 'ema', synthesized)
-
-    def sampling_denoiser(self, use_ema=True, class_label=None, guidance=1.0, n=None):
-        """The denoiser (x, σ) -> x0_hat that sampling uses: EMA or raw weights; for a class-conditional
-        network, conditioned on `class_label` (an int, or None: unconditional) and guided with weight
-        `guidance` (0: unconditional, 1: conditional; `sampling.guided`) for batches of `n`."""
-        denoiser = self.ema.ema_model if use_ema else self.denoiser
-        self.check_class_label(class_label)
-        if not self.config.network.class_conditional:
-            return denoiser
-        labels = torch.zeros(n, self.dataset.num_classes, device=self.device)
-        if class_label is not None:
-            labels[:, class_label] = 1
-        return sampling.guided(denoiser, labels, guidance if class_label is not None else 0.0)
-
-    def check_class_label(self, class_label):
-        """ValueError unless `class_label` is None or a class of this class-conditional model."""
-        if class_label is None:
-            return
-        if not self.config.network.class_conditional:
-            raise ValueError('this model is not class-conditional (network.class_conditional: false)')
-        if not 0 <= class_label < self.dataset.num_classes:
-            raise ValueError(f'must be in 0..{self.dataset.num_classes - 1} (got {class_label})')
-
-    def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
-        """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config."""
-        s = self.config.sample
-        kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
-        schedule = schedule or s.schedule
-        if schedule in PROFILE_SCHEDULES:
-            return self.profile.sigmas(steps or s.steps, kind=PROFILE_SCHEDULES[schedule], **kwargs)
-        if schedule == 'karras':
-            kwargs['rho'] = rho or s.rho
-        elif schedule == 'vp':
-            kwargs = {}
-        return sampling.get_sigmas(schedule, steps or s.steps, **kwargs)
-
-    @torch.no_grad()
-    def estimate_profile(self, use_ema=True, num_points=128, samples_per_point=1024, seed=0):
-        """Replace the training-time profile by an offline estimate (arXiv 2504.13612): the sampling
-        denoiser's errors on fresh data at `num_points` σ spaced in log σ."""
+    def sampling_model(self):
+        """The model as `sampling_model.load_model` rebuilds it from a checkpoint, sharing this module's
+        EMA and raw networks, profile and data: what the training figures sample with."""
         self._place()
-        n = self.config.noise
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        profile = EntropyProfile.from_denoiser(
-            self.sampling_denoiser(use_ema), lambda k: self.dataset.sample(k, generator=generator),
-            n.sigma_min, n.sigma_max, num_points=num_points, samples_per_point=samples_per_point,
-            generator=generator, spectrum=self.profile.spectrum, **self._profile_sampling_kwargs())
-        object.__setattr__(self, 'profile', profile)
-        return profile
-
-    @torch.no_grad()
-    def sample(self, n=None, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
-               sigma_min=None, sigma_max=None, rho=None, seeds=None, class_label=None, guidance=1.0, **options):
-        """Draw `n` samples [n, *data shape] with the EMA weights (or the raw ones, `use_ema=False`);
-        of class `class_label` with guidance weight `guidance` for class-conditional networks.
-
-        Defaults come from the config's `sample` section (18-step Heun on the ρ=7 schedule);
-        `seed` fixes the initial noise and any stochastic steps. With `seeds` (a sequence of ints)
-        instead of `n`, sample i comes from its own stream seeded by seeds[i] (EDM's seed ranges), the
-        same whatever the batch it is drawn in. `options` go to the solver (e.g. S_churn for heun,
-        eta for ddim).
-        """
-        if (n is None) == (seeds is None):
-            raise ValueError('sample: give either n or seeds')
-        self._place()
-        if seeds is None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            noise = torch.randn(n, *self.dataset.shape, generator=generator, device=self.device)
-        else:
-            generator = sampling.SeedGenerator(seeds, self.device)
-            noise = generator.randn((len(generator), *self.dataset.shape), device=self.device)
-        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
-        denoiser = self.sampling_denoiser(use_ema, class_label, guidance, len(noise))
-        return sampling.sample(denoiser, noise, sigmas, solver or self.config.sample.solver,
-                               generator=generator, callback=callback, **options)
+        return SamplingModel(self.config, self.ema.ema_model, self.denoiser, self.profile, self.dataset.shape,
+                             self.num_classes, dataset=self.dataset)
 
 
 def gradient_norm(grads):
@@ -567,23 +456,3 @@ def profile_summary(profile):
             'structure_rate_nats_per_log_sigma': profile.structure_rate()[1].tolist(),
             'entropy_nats': profile.entropy()[1].tolist(), 'negentropy_above_sigma_nats': profile.negentropy()[1].tolist(),
             'rescaled_time': profile.rescaled()[1].tolist()}
-
-
-def load_model(path, device=None):
-    """Load a trained model from a cedm checkpoint for sampling: `load_model(p).sample(1000)`.
-
-    Raises CheckpointError with a one-line reason for missing, corrupt or foreign files.
-    """
-    return model_from_checkpoint(path, *read_checkpoint(path), device)
-
-
-def model_from_checkpoint(path, checkpoint, config, device=None):
-    """`load_model` of a checkpoint already read by `read_checkpoint` from `path`."""
-    model = EDMModule(config)
-    try:
-        model.load_state_dict(checkpoint['state_dict'])
-        model.on_load_checkpoint(checkpoint)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {first_line(e)}") from None
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    return model.to(device).eval()

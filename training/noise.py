@@ -3,15 +3,36 @@
 - `sample(n, generator=None, device=None)` -> σ [n], drawn on `device` with `generator` alone
   (no host synchronisation), so runs are reproducible per rank;
 - `log_density(sigma)` -> log p(log σ): the density *per log σ* (not per σ; the two differ by
-  a factor σ), used for plots and importance weights.
+  a factor σ), used for plots and importance weights;
+- `loss_weight(sigma)` -> the factor on each sample's loss (1 but for importance-weighted entropic σ).
+
+Each is built from the config's `noise` section by a builder registered in NOISE (the config's
+`noise.name` and `noise.base` accept these names); `entropic` wraps one of them (`EntropicNoise`).
 """
 
 import math
 
 import torch
 
+from entropy import STRUCTURE_DENSITIES, EntropyProfile
 
-class LogNormal:
+NOISE = {}
+
+
+def register(name):
+    """Register `builder(noise_config) -> distribution` under `name`."""
+    def add(builder):
+        NOISE[name] = builder
+        return builder
+    return add
+
+
+class SigmaDistribution:
+    def loss_weight(self, sigma):
+        return 1.0
+
+
+class LogNormal(SigmaDistribution):
     """EDM's default: log σ ~ N(P_mean, P_std²)."""
 
     def __init__(self, P_mean=-1.2, P_std=1.2):
@@ -25,7 +46,7 @@ class LogNormal:
         return -0.5 * z ** 2 - math.log(self.P_std * math.sqrt(2 * math.pi))
 
 
-class LogUniform:
+class LogUniform(SigmaDistribution):
     """log σ uniform on [log sigma_min, log sigma_max]."""
 
     def __init__(self, sigma_min=0.002, sigma_max=80.0):
@@ -41,7 +62,7 @@ class LogUniform:
         return torch.where(inside, value, torch.full_like(sigma, -math.inf))
 
 
-class LogisticLogSNR:
+class LogisticLogSNR(SigmaDistribution):
     """Log-SNR λ = −2 log σ ~ Logistic(loc, scale) (Kong et al. 2023)."""
 
     def __init__(self, loc=0.0, scale=2.0):
@@ -58,13 +79,73 @@ class LogisticLogSNR:
         return math.log(2 / self.scale) - z - 2 * torch.nn.functional.softplus(-z)
 
 
-def build_noise(noise):
-    """The σ distribution of a `NoiseConfig`; for `entropic`, its warm-up (base) distribution."""
-    name = noise.base if noise.name == 'entropic' else noise.name
-    if name == 'lognormal':
-        return LogNormal(noise.P_mean, noise.P_std)
-    if name == 'loguniform':
-        return LogUniform(noise.sigma_min, noise.sigma_max)
-    if name == 'logistic':
-        return LogisticLogSNR(noise.loc, noise.scale)
-    raise ValueError(f"noise.name: unknown distribution '{name}'")
+register('lognormal')(lambda noise: LogNormal(noise.P_mean, noise.P_std))
+register('loguniform')(lambda noise: LogUniform(noise.sigma_min, noise.sigma_max))
+register('logistic')(lambda noise: LogisticLogSNR(noise.loc, noise.scale))
+
+
+class EntropicNoise(SigmaDistribution):
+    """σ uniform in entropic time (or the density `profile.density` names): after `warmup_steps` optimizer
+    steps on `base` and a first refresh of `profile` (the training errors' entropy profile, which the
+    training loop updates and refreshes), σ comes from the profile's density (`EntropyProfile.sample`).
+    The structure densities draw from the profile only with probability α = profile.structure_fraction()
+    and from `base` otherwise, so they start as the base while the model is still about the Wiener filter
+    and the structure measured is about zero. With `weighting='importance'` the loss is weighted by
+    p_base(σ)/p(σ), keeping the base objective. `step` is the optimizer step, set by the training loop."""
+
+    def __init__(self, base, profile, warmup_steps, weighting='keep'):
+        self.base, self.profile, self.warmup_steps, self.weighting = base, profile, warmup_steps, weighting
+        self.step = 0
+
+    @property
+    def active(self):
+        """Whether σ is drawn from the profile now (after the warm-up and a first refresh)."""
+        return self.step >= self.warmup_steps and self.profile.num_refreshes > 0
+
+    @property
+    def _mixes_base(self):
+        return self.profile.density in STRUCTURE_DENSITIES
+
+    def sample(self, n, generator=None, device=None):
+        if not self.active:
+            return self.base.sample(n, generator=generator, device=device)
+        sigma = self.profile.sample(n, generator=generator)
+        if self._mixes_base:
+            base = self.base.sample(n, generator=generator, device=device)
+            use_profile = torch.rand(n, generator=generator, device=device) < self.profile.structure_fraction()
+            sigma = torch.where(use_profile, sigma, base)
+        return sigma
+
+    def log_density(self, sigma):
+        base = self.base.log_density(sigma)
+        if not self.active:
+            return base
+        profile = self.profile.log_density(sigma)
+        if not self._mixes_base:
+            return profile
+        alpha = self.profile.structure_fraction().to(sigma.device, sigma.dtype)
+        return torch.logaddexp(alpha.log() + profile, (1 - alpha).log() + base)
+
+    def loss_weight(self, sigma):
+        if self.weighting != 'importance' or not self.active:
+            return 1.0
+        return (self.base.log_density(sigma) - self.log_density(sigma)).exp()
+
+
+def build_noise(noise, profile):
+    """The σ distribution of a `NoiseConfig`; `profile` is the run's `EntropyProfile` (read by `entropic`)."""
+    if noise.name == 'entropic':
+        return EntropicNoise(NOISE[noise.base](noise), profile, noise.warmup_steps, noise.weighting)
+    return NOISE[noise.name](noise)
+
+
+def profile_kwargs(noise, dim):
+    """How the config's `noise` section shapes an `EntropyProfile`'s σ density, for data of `dim` dimensions."""
+    return dict(floor=noise.floor, gate_c=noise.gate_c, gate_n=noise.gate_n, density=noise.density, dim=dim,
+                structure_nats=noise.structure_nats)
+
+
+def build_profile(noise, dim):
+    """An empty `EntropyProfile` of the config's `noise` section (grid, running-mean decay and density)."""
+    return EntropyProfile(sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, num_bins=noise.num_bins,
+                          ema_decay=noise.profile_decay, **profile_kwargs(noise, dim))

@@ -1,0 +1,184 @@
+"""A trained model ready to sample, in plain torch: no Lightning, no training data, no spectrum to draw.
+
+    from sampling_model import load_model
+    model = load_model('runs/quickstart/checkpoints/last.ckpt')   # EMA weights, on cuda if available
+    x = model.sample(1000)                                          # the config's sampler: 18-step Heun, ρ = 7
+
+A checkpoint carries what sampling needs (the EMA and raw weights, the network, preconditioning, data
+and `sample` sections of the config, the data shape and number of classes, the entropy profile);
+`load_model` rebuilds the denoiser from it, like EDM's `generate.py` from its snapshot pickles. The
+training data is built only where a caller asks for it (`dataset`: reference samples, the exact
+mixture, an offline profile). The training module samples its figures through the same class.
+"""
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+import sampling
+from entropy import PROFILE_SCHEDULES, EntropyProfile
+from errors import CheckpointError
+from networks import build_denoiser
+from training.checkpoint import first_line, read_checkpoint
+from training.noise import build_profile, profile_kwargs
+
+
+class SamplingModel:
+    """`denoiser`: the EMA (or post-hoc EMA) denoiser D(x; σ); `raw_denoiser`: the trained weights;
+    `profile`: the entropy profile the entropic schedules read; `shape`: one sample's shape ([d] points
+    or [C, H, W] images); `num_classes`: labels of a class-conditional network (0: none)."""
+
+    def __init__(self, config, denoiser, raw_denoiser, profile, shape, num_classes, dataset=None, posthoc_state=None):
+        self.config, self.denoiser, self.raw_denoiser, self.profile = config, denoiser, raw_denoiser, profile
+        self.shape, self.num_classes = tuple(shape), num_classes
+        self._dataset, self._posthoc_state = dataset, posthoc_state
+
+    @property
+    def device(self):
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device):
+        for part in (self.denoiser, self.raw_denoiser, self.profile):
+            part.to(device)
+        if self._dataset is not None:
+            self._dataset.to(device)
+        return self
+
+    @property
+    def dataset(self):
+        """The training data (built on first use: reference samples, the exact mixture, offline profiles)."""
+        if self._dataset is None:
+            from datasets import build_dataset
+            self._dataset = build_dataset(self.config.data).to(self.device)
+        return self._dataset
+
+    @property
+    def is_image_model(self):
+        return len(self.shape) == 3
+
+    @property
+    def posthoc_folder(self):
+        return Path(self.config.run_dir or '.') / 'posthoc-ema'
+
+    def use_posthoc_ema(self, sigma_rel):
+        """Replace the EMA weights by the power-function EMA of relative width `sigma_rel`
+        reconstructed from the run's snapshots (EDM2, Algorithm 3, through ema-pytorch)."""
+        from ema_pytorch import PostHocEMA
+        if self._posthoc_state is None:
+            raise ValueError('sigma_rel: this run kept no post-hoc EMA (ema.posthoc: false)')
+        if not list(self.posthoc_folder.glob('*.pt')):
+            raise ValueError(f'sigma_rel: no post-hoc EMA snapshots in {self.posthoc_folder}')
+        posthoc = PostHocEMA(copy.deepcopy(self.raw_denoiser), sigma_rels=tuple(self.config.ema.posthoc_sigma_rels),
+                             checkpoint_every_num_steps='manual', checkpoint_folder=str(self.posthoc_folder),
+                             checkpoint_dtype=torch.float32)
+        posthoc.load_state_dict(self._posthoc_state)
+        self.denoiser = posthoc.synthesize_ema_model(sigma_rel=sigma_rel).ema_model.to(self.device).eval()
+
+    def sampling_denoiser(self, use_ema=True, class_label=None, guidance=1.0, n=None):
+        """The denoiser (x, σ) -> x0_hat that sampling uses: EMA or raw weights; for a class-conditional
+        network, conditioned on `class_label` (an int, or None: unconditional) and guided with weight
+        `guidance` (0: unconditional, 1: conditional; `sampling.guided`) for batches of `n`."""
+        denoiser = self.denoiser if use_ema else self.raw_denoiser
+        self.check_class_label(class_label)
+        if not self.num_classes:
+            return denoiser
+        labels = torch.zeros(n, self.num_classes, device=self.device)
+        if class_label is not None:
+            labels[:, class_label] = 1
+        return sampling.guided(denoiser, labels, guidance if class_label is not None else 0.0)
+
+    def check_class_label(self, class_label):
+        """ValueError unless `class_label` is None or a class of this class-conditional model."""
+        if class_label is None:
+            return
+        if not self.num_classes:
+            raise ValueError('this model is not class-conditional (network.class_conditional: false)')
+        if not 0 <= class_label < self.num_classes:
+            raise ValueError(f'must be in 0..{self.num_classes - 1} (got {class_label})')
+
+    def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
+        """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config."""
+        s = self.config.sample
+        kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
+        schedule = schedule or s.schedule
+        if schedule in PROFILE_SCHEDULES:
+            return self.profile.sigmas(steps or s.steps, kind=PROFILE_SCHEDULES[schedule], **kwargs)
+        if schedule == 'karras':
+            kwargs['rho'] = rho or s.rho
+        elif schedule == 'vp':
+            kwargs = {}
+        return sampling.get_sigmas(schedule, steps or s.steps, **kwargs)
+
+    @torch.no_grad()
+    def estimate_profile(self, use_ema=True, num_points=128, samples_per_point=1024, seed=0):
+        """Replace the training-time profile by an offline estimate (arXiv 2504.13612): the sampling
+        denoiser's errors on fresh training data at `num_points` σ spaced in log σ."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        n = self.config.noise
+        self.profile = EntropyProfile.from_denoiser(
+            self.sampling_denoiser(use_ema), lambda k: self.dataset.sample(k, generator=generator),
+            n.sigma_min, n.sigma_max, num_points=num_points, samples_per_point=samples_per_point,
+            generator=generator, spectrum=self.profile.spectrum, **profile_kwargs(n, math.prod(self.shape)))
+        return self.profile
+
+    @torch.no_grad()
+    def sample(self, n=None, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
+               sigma_min=None, sigma_max=None, rho=None, seeds=None, class_label=None, guidance=1.0, **options):
+        """Draw `n` samples [n, *shape] with the EMA weights (or the raw ones, `use_ema=False`);
+        of class `class_label` with guidance weight `guidance` for class-conditional networks.
+
+        Defaults come from the config's `sample` section (18-step Heun on the ρ=7 schedule);
+        `seed` fixes the initial noise and any stochastic steps. With `seeds` (a sequence of ints)
+        instead of `n`, sample i comes from its own stream seeded by seeds[i] (EDM's seed ranges), the
+        same whatever the batch it is drawn in. `options` go to the solver (e.g. S_churn for heun,
+        eta for ddim).
+        """
+        if (n is None) == (seeds is None):
+            raise ValueError('sample: give either n or seeds')
+        if seeds is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            noise = torch.randn(n, *self.shape, generator=generator, device=self.device)
+        else:
+            generator = sampling.SeedGenerator(seeds, self.device)
+            noise = generator.randn((len(generator), *self.shape), device=self.device)
+        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
+        denoiser = self.sampling_denoiser(use_ema, class_label, guidance, len(noise))
+        return sampling.sample(denoiser, noise, sigmas, solver or self.config.sample.solver,
+                               generator=generator, callback=callback, **options)
+
+
+def _ema_weights(ema_state):
+    """The EMA network's weights out of ema-pytorch's EMA state (keys 'ema_model.*')."""
+    return {name[len('ema_model.'):]: value for name, value in ema_state.items() if name.startswith('ema_model.')}
+
+
+def _data_shape(meta, config):
+    """(shape, number of labels) as stored; checkpoints written before they were stored build the dataset."""
+    if 'data_shape' in meta:
+        return meta['data_shape'], meta['num_classes']
+    from datasets import build_dataset
+    data = build_dataset(config.data)
+    return data.shape, data.num_classes if config.network.class_conditional else 0
+
+
+def load_model(path, device=None):
+    """A `SamplingModel` from a cedm checkpoint: `load_model(p).sample(1000)`. On `device` (default
+    cuda when available). Raises CheckpointError with a one-line reason for missing, corrupt or
+    foreign files."""
+    checkpoint, config = read_checkpoint(path)
+    meta = checkpoint['cedm']
+    try:
+        shape, num_classes = _data_shape(meta, config)
+        raw = build_denoiser(config.network, config.precond, shape, num_classes)
+        raw.load_state_dict({name[len('denoiser.'):]: value for name, value in checkpoint['state_dict'].items()})
+        denoiser = copy.deepcopy(raw)
+        denoiser.load_state_dict(_ema_weights(meta['ema']))
+        profile = build_profile(config.noise, math.prod(shape))
+        profile.load_state_dict(meta['profile'])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {first_line(e)}") from None
+    model = SamplingModel(config, denoiser.eval(), raw.eval(), profile, shape, num_classes,
+                          posthoc_state=meta.get('posthoc_ema'))
+    return model.to(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
