@@ -2,16 +2,19 @@
 
     python sample.py --ckpt RUN/checkpoints/last.ckpt [--num N | --seeds 0-999 [--batch B]] [--steps 18]
                      [--solver heun] [--schedule karras] [--seed S] [--no-ema] [--out DIR] [--trajectories]
-                     [--class K|K1,K2,...|0-9 [--guidance W]] [--quiet]
+                     [--class K|K1,K2,...|0-9|none] [--guidance W] [--quiet]
 
 Points (toy data): writes DIR/samples.npz (array `x`, [N, 2], and with --seeds the array `seeds`)
 and DIR/samples.png (the samples over ground-truth points); --trajectories adds DIR/trajectories.png.
 Images: writes DIR/grid.png (the first 64) and, with --seeds, one DIR/<seed>.png per image (six
 digits, e.g. 000042.png), written batch by batch. DIR defaults to RUN/samples. With --seeds each
 sample comes from its own seed (EDM's seed ranges: reproducible one by one, whatever --batch).
---class K draws class K from a class-conditional model, guided with weight W (0: unconditional,
-1: conditional, default; larger: stronger guidance). Several classes (`--class 0-9`) write DIR/grid.png
-with one row of --num images per class, the same initial noise in every row.
+A class-conditional model draws, by default, one class per sample from that sample's own stream after
+its initial noise (with --seeds: from its seed, as NVlabs/edm's generate.py does, so an FID over
+--seeds 0-49999 measures the conditional model). --class K draws class K, --class none the
+unconditional model; --guidance W weighs classifier-free guidance (0: unconditional, 1: conditional,
+default; larger: stronger). Several classes (`--class 0-9`) write DIR/grid.png with one row of --num
+images per class, the same initial noise in every row.
 A progress bar on stderr counts samples per second (rank 0 only under torchrun; none with --quiet).
 --network and --outdir are NVlabs/edm's names of --ckpt and --out.
 """
@@ -33,8 +36,9 @@ def main(argv=None):
     parser.add_argument('--trajectories', action='store_true', help='also plot denoising trajectories')
     parser.add_argument('--seeds', help="one sample per seed: '0-999', '1,5,10-19' (instead of --num and --seed)")
     parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
-    parser.add_argument('--class', dest='class_label', help="class to draw (class-conditional models); several, "
-                        "e.g. '0-9': a grid with one row per class")
+    parser.add_argument('--class', dest='class_label', help="class to draw (class-conditional models; default: one "
+                        "class per sample, drawn from its seed, as NVlabs/edm's generate.py); 'none': unconditional; "
+                        "several, e.g. '0-9': a grid with one row per class")
     parser.add_argument('--guidance', type=float, help='classifier-free guidance weight, with --class (default 1)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--fid', action='store_true', help='with --seeds on images: then compute the metrics (fid.py flags below)')
@@ -42,10 +46,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = check_args(args, metric_flags)
 
+    from sampling_model import RANDOM_CLASS
+
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     seeds, classes = _seeds(args), _classes(args)
     model = load_for_sampling(args, check=lambda model: check_model(args, model, seeds, classes, world))
-    args.class_label = classes[0] if classes else None
+    args.class_label = classes[0] if classes else (RANDOM_CLASS if model.num_classes and args.class_label is None else None)
     args.guidance = 1.0 if args.guidance is None else args.guidance
     num = len(seeds) if seeds else args.num or model.config.sample.num
     if len(classes) > 1:
@@ -90,8 +96,8 @@ def check_model(args, model, seeds, classes, world):
         if not model.config.network.class_conditional:
             raise UsageError('--guidance: this model is not class-conditional (network.class_conditional: false); '
                              'drop --guidance')
-        if not classes:
-            raise UsageError('--guidance: needs --class (without it the samples are unconditional)')
+        if args.class_label == 'none':
+            raise UsageError('--guidance: with --class none the samples are unconditional; drop one of them')
     if world > 1 and not (seeds and model.is_image_model):
         raise UsageError('torchrun: several processes share out the --seeds of an image model only')
     if len(classes) > 1 and (not model.is_image_model or seeds is not None):
@@ -198,7 +204,7 @@ def _classes(args):
     """The --class list (empty without --class), parsed like --seeds."""
     import sampling
 
-    if args.class_label is None:
+    if args.class_label in (None, 'none'):
         return []
     try:
         return sampling.parse_seeds(args.class_label)

@@ -25,6 +25,11 @@ from training.checkpoint import first_line, read_checkpoint
 from training.noise import build_profile, profile_kwargs
 
 
+# `class_label` of `SamplingModel.sample`: one uniformly random class per sample, drawn from the sample's own
+# stream after its initial noise, as NVlabs/edm's generate.py draws a class per seed.
+RANDOM_CLASS = 'random'
+
+
 class SamplingModel:
     """`denoiser`: the EMA (or post-hoc EMA) denoiser D(x; σ); `raw_denoiser`: the trained weights;
     `profile`: the entropy profile the entropic schedules read; `shape`: one sample's shape ([d] points
@@ -78,24 +83,28 @@ class SamplingModel:
 
     def sampling_denoiser(self, use_ema=True, class_label=None, guidance=1.0, n=None):
         """The denoiser (x, σ) -> x0_hat that sampling uses: EMA or raw weights; for a class-conditional
-        network, conditioned on `class_label` (an int, or None: unconditional) and guided with weight
-        `guidance` (0: unconditional, 1: conditional; `sampling.guided`) for batches of `n`."""
+        network, conditioned on `class_label` (an int for all `n` samples, a tensor [n] of one class per
+        sample, or None: unconditional) and guided with weight `guidance` (0: unconditional, 1:
+        conditional; `sampling.guided`)."""
         denoiser = self.denoiser if use_ema else self.raw_denoiser
-        self.check_class_label(class_label)
+        if not torch.is_tensor(class_label):
+            self.check_class_label(class_label)
         if not self.num_classes:
             return denoiser
         labels = torch.zeros(n, self.num_classes, device=self.device)
         if class_label is not None:
-            labels[:, class_label] = 1
+            labels[torch.arange(n, device=self.device), class_label] = 1
         return sampling.guided(denoiser, labels, guidance if class_label is not None else 0.0)
 
     def check_class_label(self, class_label):
-        """ValueError unless `class_label` is None or a class of this class-conditional model."""
+        """ValueError unless `class_label` is None, or a class (or RANDOM_CLASS) of this class-conditional model."""
         if class_label is None:
             return
         if not self.num_classes:
             raise ValueError('this model is not class-conditional (network.class_conditional: false)')
-        if not 0 <= class_label < self.num_classes:
+        if class_label == RANDOM_CLASS:
+            return
+        if isinstance(class_label, str) or not 0 <= class_label < self.num_classes:
             raise ValueError(f'must be in 0..{self.num_classes - 1} (got {class_label})')
 
     def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
@@ -127,7 +136,8 @@ class SamplingModel:
     def sample(self, n=None, steps=None, solver=None, schedule=None, seed=0, use_ema=True, callback=None,
                sigma_min=None, sigma_max=None, rho=None, seeds=None, class_label=None, guidance=1.0, **options):
         """Draw `n` samples [n, *shape] with the EMA weights (or the raw ones, `use_ema=False`);
-        of class `class_label` with guidance weight `guidance` for class-conditional networks.
+        of class `class_label` with guidance weight `guidance` for class-conditional networks:
+        an int, None (unconditional) or RANDOM_CLASS (one class per sample, from its own stream).
 
         Defaults come from the config's `sample` section (18-step Heun on the ρ=7 schedule);
         `seed` fixes the initial noise and any stochastic steps. With `seeds` (a sequence of ints)
@@ -144,6 +154,10 @@ class SamplingModel:
             generator = sampling.SeedGenerator(seeds, self.device)
             noise = generator.randn((len(generator), *self.shape), device=self.device)
         sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
+        if isinstance(class_label, str):
+            self.check_class_label(class_label)
+            class_label = (generator.randint(self.num_classes, device=self.device) if seeds is not None else
+                           torch.randint(self.num_classes, (len(noise),), generator=generator, device=self.device))
         denoiser = self.sampling_denoiser(use_ema, class_label, guidance, len(noise))
         return sampling.sample(denoiser, noise, sigmas, solver or self.config.sample.solver,
                                generator=generator, callback=callback, **options)

@@ -20,6 +20,11 @@ class SeedGenerator:
         return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in self.generators])
 
 
+    def randint(self, high, device=None):
+        """One integer in [0, high) [len(self)]: entry i from generator i (after what it drew before)."""
+        return torch.stack([torch.randint(high, (), generator=g, device=device) for g in self.generators])
+
+
 def parse_seeds(text):
     """'0-49999', '1,2,5-10' -> [ints], in order, inclusive ranges; ValueError with the bad part."""
     seeds = []

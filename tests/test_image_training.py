@@ -70,6 +70,41 @@ def test_guidance_zero_is_the_unconditional_model(mnist_run):
     assert not torch.allclose(guided, conditional)
 
 
+def test_seeds_draw_one_class_per_seed_from_the_seed_as_edm_does(mnist_run, tmp_path):
+    """Without --class, a class-conditional model draws each sample's class from its own seed, after its
+    initial noise (NVlabs/edm's generate.py), so an FID over --seeds measures the conditional model;
+    --class none is the unconditional model."""
+    from torchvision.io import read_image
+
+    from evaluation import plots
+    from sampling_model import RANDOM_CLASS
+    # Make the labels matter (a few steps of training leave the label map almost without effect): a wrong
+    # class then moves a sample by ~40, the batch size by < 1e-3.
+    checkpoint, generator = torch.load(mnist_run / 'checkpoints' / 'last.ckpt', weights_only=True), torch.Generator().manual_seed(0)
+    for name, value in checkpoint['cedm']['ema'].items():
+        if name.startswith('ema_model.') and value.is_floating_point():
+            value.add_(0.05 * torch.randn(value.shape, generator=generator))
+    ckpt = str(tmp_path / 'labels-matter.ckpt')
+    torch.save(checkpoint, ckpt)
+    model = load_model(ckpt, device='cpu')
+    seeds = [0, 1, 2, 3, 17]
+    classes = []
+    for seed in seeds:
+        stream = torch.Generator().manual_seed(seed)
+        torch.randn(model.shape, generator=stream)  # the initial noise comes first
+        classes.append(int(torch.randint(model.num_classes, (), generator=stream)))
+    assert len(set(classes)) > 1
+    drawn = model.sample(seeds=seeds, steps=2, class_label=RANDOM_CLASS)
+    for i, (seed, k) in enumerate(zip(seeds, classes)):
+        torch.testing.assert_close(drawn[i], model.sample(seeds=[seed], steps=2, class_label=k)[0], rtol=0, atol=1e-2)
+    for flags, expected in (([], drawn), (['--class', 'none'], model.sample(seeds=seeds, steps=2, class_label=None))):
+        out = tmp_path / f'out{len(flags)}'
+        sample.main(['--ckpt', ckpt, '--seeds', '0-3,17', '--steps', '2', '--quiet', '--out', str(out), *flags])
+        written = torch.stack([read_image(str(out / f'{seed:06d}.png')) for seed in seeds])
+        assert torch.equal(written, plots.to_uint8(expected))
+    assert (plots.to_uint8(drawn) != written).float().mean() > 0.05  # per-seed classes are not the unconditional model
+
+
 def test_sample_writes_grid_and_one_png_per_seed(mnist_run, tmp_path, capsys):
     out = tmp_path / 'images'
     sample.main(['--ckpt', str(mnist_run / 'checkpoints' / 'last.ckpt'), '--seeds', '0-9', '--batch', '4', '--steps', '2',

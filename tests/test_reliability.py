@@ -399,7 +399,7 @@ def _run_one_step(config, tmp_path):
     model = EDMModule(config)
     trainer.fit(model)
     assert trainer.global_step + model.nonfinite_steps == 1
-    assert torch.isfinite(model.sample(8, steps=3)).all()
+    assert torch.isfinite(model.sampling_model().sample(8, steps=3)).all()
 
 
 @pytest.mark.slow
