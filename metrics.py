@@ -9,7 +9,7 @@ truth (the metric's own sampling noise). Columns: sliced Wasserstein-2 (swd), MM
 kernels (mmd) and, for Gaussian-mixture data, the mean exact NLL of the samples in nats (nll).
 
 --likelihood N: the model's own negative log-likelihood of N held-out data points by the I-MMSE
-identity (training/likelihood.py), in nats and bits/dim, next to the same estimate with the exact
+identity (entropy/likelihood.py), in nats and bits/dim, next to the same estimate with the exact
 denoiser and, for mixtures, the exact −log p of the same points.
 """
 

@@ -18,7 +18,7 @@ from cli import Parser, UsageError, check_output_folder, main_guard
 DEFAULT_CONFIG = 'configs/toy/default.yaml'
 CONFIG_HELP = '''config keys (key=value, dotted; YAML values), by section:
   name, seed, run_dir, data.*, network.*, precond.*, noise.*, optim.*, ema.*, trainer.*, sample.*
-  every key with its type and default: README.md, "Configuration"; examples: configs/*/*.yaml
+  every key with its type and default: docs/config-help.txt; examples: configs/*/*.yaml
   e.g. python train.py data.name=moons trainer.max_steps=2000 run_dir=runs/moons'''
 
 

@@ -5,7 +5,7 @@ accepts exactly these names. A new dataset is one function and a `@register('nam
 
 import torch
 
-from .images import ImageData, mnist_5k, torchvision_data
+from .images import ImageData, mnist_5k, tiny_imagenet, torchvision_data
 from .mixture import GaussianMixture, PointSet
 from .toy import Checkerboard, MixtureData, moons, ring, swissroll, tree
 
@@ -46,5 +46,7 @@ def _torchvision(name):
     return lambda data: torchvision_data(name, data.root, download=data.download, resolution=data.resolution, xflip=data.xflip)
 
 
-for _name in ('mnist', 'cifar10'):
+for _name in ('mnist', 'cifar10', 'cifar100'):
     register(_name)(_torchvision(_name))
+register('tinyimagenet')(lambda data: tiny_imagenet(data.root, download=data.download, resolution=data.resolution,
+                                                    xflip=data.xflip))

@@ -22,7 +22,14 @@ import torch.distributed as dist
 
 from .spectrum import covariance_spectrum, lmmse as linear_mmse
 
-DENSITIES = ('entropic', 'rescaled', 'structure', 'rescaled-structure')
+# The profile's σ densities by name (noise.density; the kinds of `EntropyProfile.sigmas`): each maps
+# (profile, σ at the bin centres) to the unnormalised density per log σ. A new one is one entry here.
+DENSITIES = {
+    'entropic': lambda profile, sigma: profile.mmse_estimate / sigma ** 2,  # the entropy rate: entropic time
+    'rescaled': lambda profile, sigma: profile.mmse_estimate / sigma,  # rescaled entropic time
+    'structure': lambda profile, sigma: profile.structure_rate()[1].clamp_min(0),  # NaN without a spectrum
+    'rescaled-structure': lambda profile, sigma: profile.structure_rate()[1].clamp_min(0) * sigma,
+}
 # The densities built on the structure rate, whose draws mix with a base distribution (`structure_fraction`).
 STRUCTURE_DENSITIES = ('structure', 'rescaled-structure')
 # The sampling schedules read off a profile (sample.py --schedule), and the density of each.
@@ -139,7 +146,7 @@ class EntropyProfile(torch.nn.Module):
         if not gate_n > 0:
             raise ValueError(f'gate_n: expected a positive exponent, got {gate_n}')
         if density not in DENSITIES:
-            raise ValueError(f'density: expected one of {DENSITIES}, got {density!r}')
+            raise ValueError(f'density: expected one of {tuple(DENSITIES)}, got {density!r}')
         if dim is not None and not (isinstance(dim, int) and dim >= 1):
             raise ValueError(f'dim: expected None or a positive integer, got {dim!r}')
         if not 0 < structure_nats < math.inf:
@@ -388,14 +395,10 @@ class EntropyProfile(torch.nn.Module):
         return t * t * (3 - 2 * t)
 
     def _weight(self, kind):
-        """Unnormalised density per log σ at the bin centres: mmse/σ² (entropic), mmse/σ (rescaled),
-        max(lmmse − mmse, 0)/σ² (structure) or max(lmmse − mmse, 0)/σ (rescaled-structure; both NaN
-        without a spectrum)."""
-        sigma = self.sigma_grid
-        if kind in STRUCTURE_DENSITIES:
-            rate = self.structure_rate()[1].clamp_min(0)
-            return rate if kind == 'structure' else rate * sigma
-        return self.mmse_estimate / (sigma ** 2 if kind == 'entropic' else sigma)
+        """Unnormalised density per log σ at the bin centres (DENSITIES): mmse/σ² (entropic), mmse/σ
+        (rescaled), max(lmmse − mmse, 0)/σ² (structure) or max(lmmse − mmse, 0)/σ (rescaled-structure;
+        both NaN without a spectrum)."""
+        return DENSITIES[kind](self, self.sigma_grid)
 
     def _gate(self, sigma):
         """g(σ) = σⁿ/(σⁿ + cⁿ), or 1 without a gate."""
@@ -457,7 +460,7 @@ class EntropyProfile(torch.nn.Module):
         if not (isinstance(num_steps, int) and num_steps >= 2):
             raise ValueError(f'num_steps: expected an integer >= 2, got {num_steps!r}')
         if kind not in DENSITIES:
-            raise ValueError(f'kind: expected one of {DENSITIES}, got {kind!r}')
+            raise ValueError(f'kind: expected one of {tuple(DENSITIES)}, got {kind!r}')
         if not 0 < sigma_min < sigma_max < math.inf:
             raise ValueError(f'sigma_min, sigma_max: expected 0 < sigma_min < sigma_max < inf, '
                              f'got {sigma_min}, {sigma_max}')

@@ -42,12 +42,13 @@ def _preset(network):
 
 @register_network('unet')
 def ddpmpp_unet(network, shape, num_classes=0):
-    return unet.UNet(**_preset(network), img_resolution=shape[-1], in_channels=shape[0], label_dim=num_classes)
+    return unet.UNet(**{**_preset(network), 'img_resolution': shape[-1], 'in_channels': shape[0], 'label_dim': num_classes})
 
 
 @register_network('mp-unet')
 def magnitude_preserving_unet(network, shape, num_classes=0):
-    return mp_unet.MPUNet(**_preset(network), img_resolution=shape[-1], img_channels=shape[0], label_dim=num_classes)
+    return mp_unet.MPUNet(**{**_preset(network), 'img_resolution': shape[-1], 'img_channels': shape[0],
+                             'label_dim': num_classes})
 
 
 def build_denoiser(network, precond, shape, num_classes=0):

@@ -109,7 +109,7 @@ def test_parameter_counts():
     assert num_params(cond) - n == 10 * 128 + 128  # the label map (10 classes → 128 noise channels)
     for net in mnist.values():
         assert 1e6 <= num_params(net) <= 5e6
-    assert num_params(fast) == 308_721  # configs/mnist/fast.yaml, as the README states
+    assert num_params(fast) == 308_721  # configs/mnist/fast.yaml, as train.py prints it
     assert CONFIGS['ddpmpp-cifar10']['dropout'] == 0.13
 
 

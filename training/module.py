@@ -68,9 +68,8 @@ def without_nvml_check():
     """Within: `torch.cuda.is_available()` asks the CUDA runtime, as it does without Lightning.
 
     torch's Adam calls it at every step. Under Lightning's NVML check, before CUDA is initialised
-    (always, on a CPU run), every call opens libnvidia-ml anew and nothing is cached: 75-150 µs a
-    call on the project's 2-core CPU against 3 µs for the runtime's cached answer (README,
-    Training-loop overhead). Lightning wants the NVML check so that looking for GPUs does not
+    (always, on a CPU run), every call opens libnvidia-ml anew and nothing is cached, where the
+    runtime caches its answer (benchmarks/README.md, train_overhead). Lightning wants the NVML check so that looking for GPUs does not
     initialise CUDA in a process that forks its ranks later."""
     saved = os.environ.pop(NVML_CHECK, None)
     try:
@@ -160,7 +159,7 @@ class EDMModule(L.LightningModule):
     def on_train_start(self):
         # Here rather than in on_fit_start: some strategies restore a checkpoint after that hook.
         self._place()
-        self._trained_parameters = list(self.denoiser.parameters())  # listed once: walking the modules costs 20 µs a step
+        self._trained_parameters = list(self.denoiser.parameters())  # listed once, not walked every step
         if self.posthoc_ema is not None and self.trainer.is_global_zero:
             for path in self.posthoc_folder.glob('*.pt'):  # from beyond the checkpoint resumed (or a former run)
                 if int(path.stem.split('.')[1]) > self.global_step:
@@ -267,9 +266,9 @@ class EDMModule(L.LightningModule):
 
     def _bin_errors(self):
         """Add the errors of the steps since the last call to the profile's pending sums and to the
-        loss-against-σ bins, all at once: binning is two dozen small tensor operations (0.28 ms, about 4%
-        of the default toy model's step on a 2-core CPU; README, Entropic time), so it runs every BIN_EVERY steps and at
-        refreshes, figures and checkpoints rather than at every step. The profile's sums come out the
+        loss-against-σ bins, all at once: binning is two dozen small tensor operations, a visible share of a
+        toy model's step, so it runs every BIN_EVERY steps and at refreshes, figures and checkpoints
+        rather than at every step. The profile's sums come out the
         same however the steps are grouped (`EntropyProfile.update`)."""
         if self._unbinned:
             sigma, sq_err, per_sample = (torch.cat(column) for column in zip(*self._unbinned))
@@ -416,8 +415,8 @@ def any_nonfinite(tensors, across_ranks=False):
     with `across_ranks`, whether any rank's do (one all-reduce of a flag).
 
     One fused pass over them all: the overflow check of torch's GradScaler, with a scale of 1 that
-    leaves every value as it was. Testing the gradient norm and the loss instead costs 2.5-3 times as
-    much on tensors of the default toy model's sizes (README, Training-loop overhead)."""
+    leaves every value as it was: cheaper than testing the gradient norm and the loss apart
+    (benchmarks/README.md, train_overhead)."""
     found = torch.zeros(1, device=tensors[0].device)
     torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=found.device))
     if across_ranks:
