@@ -37,10 +37,15 @@ def main(argv=None):
     check_device(args.device)
 
     from evaluation import plots
+    from training.noise import build_noise
     model = load_for_sampling(args)
+    if not model.profile.num_refreshes and not args.estimate_profile:
+        raise UsageError(f'--ckpt: {args.ckpt}: its profile was never refreshed (noise.refresh_every); '
+                         'give --estimate-profile to measure one with the model')
     schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', *PROFILE_SCHEDULE_NAMES)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    plots.save(plots.profile_figure(model.profile, schedules), out)
+    trained = build_noise(model.config.noise, model.profile).log_density  # the density the run drew σ from
+    plots.save(plots.profile_figure(model.profile, schedules, training_log_density=trained), out)
     loc, scale = model.profile.fit_logistic()
     print(f'plot_profile: wrote {out}')
     print(f'logistic log-SNR fit: noise.name=logistic noise.loc={loc:.4f} noise.scale={scale:.4f}')

@@ -91,6 +91,10 @@ class SamplingModel:
             self.check_class_label(class_label)
         if not self.num_classes:
             return denoiser
+        if n is None:  # unconditional, for batches of any size (`estimate_profile`)
+            if class_label is not None:
+                raise ValueError('sampling_denoiser: a class needs the batch size n')
+            return lambda x, sigma: denoiser(x, sigma, x.new_zeros(len(x), self.num_classes))
         labels = torch.zeros(n, self.num_classes, device=self.device)
         if class_label is not None:
             labels[torch.arange(n, device=self.device), class_label] = 1
@@ -123,7 +127,8 @@ class SamplingModel:
     @torch.no_grad()
     def estimate_profile(self, use_ema=True, num_points=128, samples_per_point=1024, seed=0):
         """Replace the training-time profile by an offline estimate (arXiv 2504.13612): the sampling
-        denoiser's errors on fresh training data at `num_points` σ spaced in log σ."""
+        denoiser's errors on fresh training data at `num_points` σ spaced in log σ (a class-conditional
+        network's unconditional errors)."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
         n = self.config.noise
         self.profile = EntropyProfile.from_denoiser(

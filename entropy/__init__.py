@@ -2,6 +2,6 @@
 estimated from denoising errors (`profile`), the data covariance spectrum and the Wiener filter's
 error (`spectrum`), and the I-MMSE likelihood bound (`likelihood`). docs/entropic_time.md has the theory."""
 
-from .likelihood import bits_per_dim, nll
+from .likelihood import PIXEL_STEP, bits_per_dim, image_bits_per_dim, nll
 from .profile import DENSITIES, PROFILE_SCHEDULES, STRUCTURE_DENSITIES, EntropyProfile
 from .spectrum import covariance_spectrum, lmmse

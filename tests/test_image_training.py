@@ -2,6 +2,7 @@
 guidance, and the metric path (classifier Fréchet distance and FID with stand-in Inception weights)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -229,3 +230,17 @@ def test_posthoc_ema_reconstructs_a_tracked_profile_and_survives_resume(mnist_ru
     assert (out / 'grid.png').is_file()
     plain = str(mnist_run / 'checkpoints' / 'last.ckpt')  # trained without ema.posthoc
     assert 'kept no post-hoc EMA' in _one_line(capsys, sample.main, ['--ckpt', plain, '--posthoc-sigma-rel', '0.1'])
+
+
+def test_offline_profile_of_a_class_conditional_model_and_its_one_line_refusal_without_one(mnist_run, tmp_path, capsys):
+    import plot_profile
+    ckpt = str(mnist_run / 'checkpoints' / 'last.ckpt')
+    model = load_model(ckpt, device='cpu')
+    assert model.num_classes and not model.profile.num_refreshes  # 3 steps: never refreshed
+    profile = model.estimate_profile(num_points=6, samples_per_point=16)
+    sigma, mmse = profile.mmse()
+    assert torch.isfinite(mmse).all() and (mmse[1:] >= 0).all()
+    loc, scale = profile.fit_logistic()  # the logistic log-SNR fit of an image profile
+    assert math.isfinite(loc) and scale > 0
+    err = _one_line(capsys, plot_profile.main, ['--ckpt', ckpt, '--out', str(tmp_path / 'p.png')])
+    assert 'its profile was never refreshed' in err and '--estimate-profile' in err
