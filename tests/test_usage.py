@@ -9,11 +9,19 @@ import sys
 import pytest
 import torch
 
+import cli
 import fid
 import metrics
 import plot_profile
 import sample
-import cli
+import train
+
+
+def _accelerator_case():
+    """trainer.accelerator=gpu on a machine without one, or more devices than it has."""
+    if not torch.cuda.is_available():
+        return 'trainer.accelerator=gpu', 'trainer.accelerator: gpu, but this machine has no CUDA device'
+    return f'trainer.devices={torch.cuda.device_count() + 1}', 'trainer.devices:'
 
 
 def _cuda_case():
@@ -59,6 +67,11 @@ CASES = [
     (plot_profile, ['--ckpt', '{ckpt}', '--out', '{dir}'], '--out: {dir} is a folder'),
     (plot_profile, ['--ckpt', '{ckpt}', '--device', 'tpu'], "--device: 'tpu' is not a device"),
     (plot_profile, ['--ckpt', '{run}'], '--ckpt: {run} is a folder (use --ckpt {ckpt})'),
+    (train, ['--config', 'configs/toy/moons.yaml', '--config', 'configs/toy/tree.yaml'], '--config: given 2 times'),
+    (train, [_accelerator_case()[0], 'run_dir={dir}/run'], _accelerator_case()[1]),
+    (train, ['run_dir={file}/run'], 'run_dir: cannot create {file}/run: {file} is a file'),
+    (train, ['--resume', '{ckpt}', 'trainer.max_steps=10', 'run_dir={dir}/run'], 'trainer.max_steps: 10 is not beyond step 70 of {ckpt}'),
+    (train, ['trainer.max_stepz=10'], "trainer.max_stepz: unknown key (did you mean 'trainer.max_steps'?)"),
 ]
 
 
@@ -92,8 +105,8 @@ def test_mistake_is_one_line_naming_the_flag(script, argv, message, paths, capsy
 @pytest.mark.slow
 def test_mistakes_are_found_before_sampling(paths, capsys, monkeypatch):
     """The checks that need the checkpoint run before the model draws a single sample."""
-    from training.module import EDMModule
-    monkeypatch.setattr(EDMModule, 'sample', lambda *args, **kwargs: pytest.fail('sampled before checking'))
+    from sampling_model import SamplingModel
+    monkeypatch.setattr(SamplingModel, 'sample', lambda *args, **kwargs: pytest.fail('sampled before checking'))
     for argv in (['--sigma-min', '100'], ['--guidance', '2'], ['--seeds', '0-3', '--fid']):
         assert _one_line_error(capsys, sample, ['--ckpt', str(paths['ckpt']), *argv]).startswith('--')
 
@@ -122,7 +135,8 @@ def test_help_and_flag_errors_import_neither_torch_nor_lightning(paths):
             ('sample', ['--ckpt', str(paths['run'])], 2), ('sample', ['--bogus'], 2),
             ('metrics', ['--help'], 0), ('metrics', ['--ckpt', ckpt, '--json', str(paths['dir'])], 2),
             ('fid', ['--help'], 0), ('fid', ['--images', file, '--ckpt', ckpt], 2),
-            ('plot_profile', ['--help'], 0), ('plot_profile', ['--ckpt', ckpt, '--steps', '0'], 2)):
+            ('plot_profile', ['--help'], 0), ('plot_profile', ['--ckpt', ckpt, '--steps', '0'], 2),
+            ('train', ['--help'], 0), ('train', ['--bogus'], 2)):
         result = subprocess.run([sys.executable, '-c', code, script, *argv], capture_output=True, text=True, timeout=120)
         assert result.stdout.splitlines()[-1] == f'exit {exit_code} False False', (script, argv, result.stderr)
 
@@ -171,3 +185,19 @@ def test_fid_names_classifier_numbers_for_the_classifier(tmp_path, capsys):
     assert '12/12' in captured.err and 'img/s' in captured.err  # the progress bar
     fid.main(argv + ['--quiet'])
     assert capsys.readouterr().err == ''
+
+
+def test_a_run_is_named_after_the_data_it_overrides(monkeypatch):
+    import argparse
+    monkeypatch.setenv('CEDM_RUN_DIR', 'unset at teardown')  # resolve_config sets it: monkeypatch restores the original
+    monkeypatch.delenv('CEDM_RUN_DIR')
+    config = train.resolve_config(argparse.Namespace(config=None, resume=None, overrides=['data.name=moons']))[0]
+    assert config.name == 'moons' and config.run_dir.startswith('runs/moons-')
+    monkeypatch.delenv('CEDM_RUN_DIR', raising=False)
+    config = train.resolve_config(argparse.Namespace(config=None, resume=None, overrides=['name=mine', 'data.name=moons']))[0]
+    assert config.name == 'mine'  # a name given wins
+
+
+def test_train_help_points_to_every_config_key():
+    help_text = subprocess.run([sys.executable, 'train.py', '--help'], capture_output=True, text=True, timeout=60).stdout
+    assert 'docs/config-help.txt' in help_text and 'trainer.*' in help_text
