@@ -24,7 +24,8 @@ def test_training_writes_run_directory(tiny_run):
     checkpoint, config = read_checkpoint(tiny_run / 'checkpoints' / 'last.ckpt')
     assert checkpoint['global_step'] == 70 and config.trainer.max_steps == 70
     assert config.run_dir == str(tiny_run)
-    assert set(checkpoint['cedm']) == {'format', 'config', 'ema', 'posthoc_ema', 'ranks', 'profile', 'nonfinite_steps'}
+    assert set(checkpoint['cedm']) == {'format', 'config', 'ema', 'posthoc_ema', 'ranks', 'profile', 'nonfinite_steps',
+                                       'data_shape', 'num_classes'}
     events = list((tiny_run / 'tensorboard').glob('events.out.tfevents.*'))
     assert events
 
