@@ -108,6 +108,17 @@ def check_output_folder(path, flag, hint=''):
         raise UsageError(f'{flag}: {path} is not writable{hint}')
 
 
+def output_path(out, ckpt, default_name, check):
+    """`--out` checked by `check` (check_output_file or check_output_folder); without it, RUN/default_name
+    beside the checkpoint's folder."""
+    if out is not None:
+        check(Path(out), '--out')
+        return Path(out)
+    default = Path(ckpt).resolve().parent.parent / default_name
+    check(default, '--out', hint=f" (the default next to the checkpoint; give --out {'DIR' if check is check_output_folder else 'FILE'})")
+    return default
+
+
 def check_output_file(path, flag, hint=''):
     """UsageError unless file `path` can be written, its folder created if need be."""
     path = Path(path)

@@ -8,10 +8,8 @@ with the training σ density, H(σ) − H(σ_min), and the entropic and rescaled
 overrides, so a measured profile can be exported as a fixed training schedule.
 """
 
-from pathlib import Path
-
 from cli import (PROFILE_SCHEDULE_NAMES, Parser, UsageError, check_checkpoint_path, check_device,
-                 check_output_file, load_for_sampling, main_guard)
+                 check_output_file, load_for_sampling, main_guard, output_path)
 
 
 @main_guard
@@ -28,12 +26,7 @@ def main(argv=None):
     if args.steps < 2:
         raise UsageError(f'--steps: must be >= 2 (got {args.steps})')
     check_checkpoint_path(args.ckpt)
-    if args.out is not None:
-        out = Path(args.out)
-        check_output_file(out, '--out')
-    else:
-        out = Path(args.ckpt).resolve().parent.parent / 'profile_schedules.png'
-        check_output_file(out, '--out', hint=' (the default next to the checkpoint; give --out FILE)')
+    out = output_path(args.out, args.ckpt, 'profile_schedules.png', check_output_file)
     check_device(args.device)
 
     from evaluation import plots

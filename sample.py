@@ -21,10 +21,10 @@ A progress bar on stderr counts samples per second (rank 0 only under torchrun; 
 
 import math
 import os
-from pathlib import Path
 
 from cli import (Parser, UsageError, add_metric_args, add_sampler_args, check_data, check_device, check_metric_args,
-                 check_output_folder, check_sampler_args, compute, load_for_sampling, main_guard, sample_kwargs)
+                 check_output_folder, check_sampler_args, compute, load_for_sampling, main_guard, output_path,
+                 sample_kwargs)
 
 
 @main_guard
@@ -75,12 +75,7 @@ def check_args(args, metric_flags):
         raise UsageError('--fid: needs --seeds (the metrics read one PNG per seed)')
     if args.guidance is not None and not (args.guidance >= 0 and math.isfinite(args.guidance)):
         raise UsageError(f'--guidance: must be a number >= 0 (got {args.guidance}; 0: unconditional, 1: conditional)')
-    if args.out is not None:
-        out = Path(args.out)
-        check_output_folder(out, '--out')
-    else:
-        out = Path(args.ckpt).resolve().parent.parent / 'samples'
-        check_output_folder(out, '--out', hint=' (the default next to the checkpoint; give --out DIR)')
+    out = output_path(args.out, args.ckpt, 'samples', check_output_folder)
     check_device(args.device)
     return out
 
