@@ -1,76 +1,116 @@
-"""Sampling schedules compared at few steps: karras ρ=7 against entropic and rescaled-entropic time.
+"""Sampling schedules compared at few steps: karras ρ=7 and log-linear against the profile's schedules.
 
     python -m benchmarks.entropic_sampling [--datasets ring tree moons swissroll] [--ckpt RUN/checkpoints/last.ckpt ...]
-        [--nfe 4 8 16 32 64] [--num 4000] [--out DIR]
+        [--nfe 4 8 16 32 64] [--num 4000] [--draws 5] [--out DIR]
 
 For each toy mixture, with its EXACT denoiser (the discretisation error alone), and for each given
 checkpoint (a trained model), the entropy profile is estimated offline with that same denoiser
 (`EntropyProfile.from_denoiser`, as in arXiv 2504.13612) and each schedule is run with euler,
-heun and dpmpp_2m at about the requested NFE (heun: steps = (NFE + 1) // 2, so NFE = 2·steps − 1).
-Quality: the exact-NLL gap of the samples (mean −log p minus the data entropy, nats; 0 for samples of the data itself)
-and, for the exact denoiser, the RMS distance of each endpoint to a 512-step Heun solution from
-the same noise. Writes DIR/results.md and DIR/nfe.png.
+heun and dpmpp_2m at about the requested NFE (heun: steps = (NFE + 1) // 2, so NFE = 2·steps − 1),
+from `--draws` independent noise draws of `--num` samples (the same draws for every schedule: paired).
+Scores, mean ± standard error over the draws (ddof = 1): reverse KL(q‖p) with a k-NN entropy
+(`evaluation.divergence`, nats; it sees dropped modes and over-sharp samples alike), the sliced
+Wasserstein distance to fresh samples of the mixture, and, for the exact denoiser, the RMS distance
+of each endpoint to a 512-step Heun solution from the same noise (the discretisation error itself).
+A schedule is reported better than karras at a point only where the paired differences of both
+reverse KL and SWD lie beyond two standard errors. Writes DIR/results.md and DIR/nfe.png.
 """
 
 import argparse
 from pathlib import Path
 
-
+import numpy as np
 import torch
 
 import sampling
-from training.config import DataConfig
 from datasets import build_dataset
 from entropy.profile import EntropyProfile
-from evaluation.metrics import mixture_nll
+from evaluation.divergence import reverse_kl
+from evaluation.metrics import sliced_wasserstein
 from sampling_model import load_model
+from training.config import DataConfig
 
-SCHEDULES = ('karras', 'entropic', 'rescaled-entropic')
+SCHEDULES = ('karras', 'loglinear', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure')
+PROFILE_KINDS = {'entropic': 'entropic', 'rescaled-entropic': 'rescaled', 'structure': 'structure',
+                 'rescaled-structure': 'rescaled-structure'}
 SOLVERS = ('euler', 'heun', 'dpmpp_2m')
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+METRICS = ('kl', 'swd')
 
 
 def schedule(name, profile, steps):
     if name == 'karras':
         return sampling.karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, rho=7.0)
-    return profile.sigmas(steps, kind='entropic' if name == 'entropic' else 'rescaled')
+    if name == 'loglinear':
+        return sampling.loglinear_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
+    return profile.sigmas(steps, kind=PROFILE_KINDS[name])
 
 
-def evaluate(label, denoiser, mixture, nfes, num, exact):
-    gen = torch.Generator().manual_seed(0)
-    entropy = mixture.entropy(100000, generator=gen)
+def evaluate(label, denoiser, mixture, nfes, num, draws, exact):
+    """One row per (solver, NFE, schedule, draw): reverse KL, SWD and, for the exact denoiser, the
+    endpoint RMSE. The schedules' profile is estimated offline with `denoiser` itself."""
+    spectrum = torch.linalg.eigvalsh(mixture.covariance().double()).flip(0)
     profile = EntropyProfile.from_denoiser(denoiser, mixture.sample, SIGMA_MIN, SIGMA_MAX, num_points=128,
-                                           samples_per_point=2048, generator=torch.Generator().manual_seed(1))
-    noise = torch.randn(num, mixture.dim, generator=torch.Generator().manual_seed(2))
-    reference = sampling.sample(denoiser, noise, sampling.karras_sigmas(512, SIGMA_MIN, SIGMA_MAX), 'heun') if exact else None
+                                           samples_per_point=2048, generator=torch.Generator().manual_seed(1),
+                                           spectrum=spectrum)
     rows = []
-    for solver in SOLVERS:
-        for nfe in nfes:
-            steps = (nfe + 1) // 2 if solver == 'heun' else nfe
-            for name in SCHEDULES:
-                x = sampling.sample(denoiser, noise, schedule(name, profile, steps), solver)
-                row = {'model': label, 'solver': solver, 'nfe': 2 * steps - 1 if solver == 'heun' else steps,
-                       'schedule': name, 'gap': mixture_nll(mixture, x) - entropy}
-                if reference is not None:
-                    row['rmse'] = (x - reference).square().sum(1).mean().sqrt().item()
-                rows.append(row)
+    for draw in range(draws):
+        noise = torch.randn(num, mixture.dim, generator=torch.Generator().manual_seed(1000 + draw))
+        truth = mixture.sample(num, generator=torch.Generator().manual_seed(2000 + draw))
+        reference = sampling.sample(denoiser, noise, sampling.karras_sigmas(512, SIGMA_MIN, SIGMA_MAX), 'heun') if exact else None
+        for solver in SOLVERS:
+            for nfe in nfes:
+                steps = (nfe + 1) // 2 if solver == 'heun' else nfe
+                for name in SCHEDULES:
+                    x = sampling.sample(denoiser, noise, schedule(name, profile, steps), solver)
+                    row = {'model': label, 'solver': solver, 'nfe': 2 * steps - 1 if solver == 'heun' else steps,
+                           'schedule': name, 'draw': draw, 'kl': reverse_kl(x, mixture.log_prob).kl,
+                           'swd': sliced_wasserstein(x, truth, generator=torch.Generator().manual_seed(3000 + draw))}
+                    if reference is not None:
+                        row['rmse'] = (x - reference).square().sum(1).mean().sqrt().item()
+                    rows.append(row)
     return rows
+
+
+def _values(rows, model, solver, nfe, name, metric):
+    """The metric over the draws, in draw order."""
+    mine = sorted((r['draw'], r[metric]) for r in rows
+                  if (r['model'], r['solver'], r['nfe'], r['schedule']) == (model, solver, nfe, name))
+    return np.array([value for _, value in mine])
+
+
+def _mean_se(values):
+    return values.mean(), values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float('nan')
+
+
+def beats_karras(rows, model, solver, nfe, name):
+    """Whether `name` is better than karras by reverse KL and by SWD alike: both paired differences
+    (draw by draw) below zero by more than two standard errors."""
+    for metric in METRICS:
+        diff = _values(rows, model, solver, nfe, name, metric) - _values(rows, model, solver, nfe, 'karras', metric)
+        mean, se = _mean_se(diff)
+        if not mean + 2 * se < 0:
+            return False
+    return True
 
 
 def table(rows):
     lines = []
-    models = list(dict.fromkeys(r['model'] for r in rows))
-    for model in models:
+    for model in dict.fromkeys(r['model'] for r in rows):
         mine = [r for r in rows if r['model'] == model]
-        has_rmse = 'rmse' in mine[0]
-        lines += [f'\n**{model}**: exact-NLL gap in nats' + (' / endpoint RMSE to a 512-step solution' if has_rmse else ''), '',
+        metrics = METRICS + (('rmse',) if 'rmse' in mine[0] else ())
+        draws = len({r['draw'] for r in mine})
+        lines += [f'\n**{model}**: ' + ' / '.join({'kl': 'reverse KL (nats)', 'swd': 'SWD',
+                                                     'rmse': 'endpoint RMSE to a 512-step solution'}[m] for m in metrics)
+                  + f', mean ± standard error over {draws} noise draws; * better than karras by both KL and SWD', '',
                   '| solver | NFE | ' + ' | '.join(SCHEDULES) + ' |', '| --- | --- |' + ' --- |' * len(SCHEDULES)]
         for solver in SOLVERS:
             for nfe in sorted({r['nfe'] for r in mine if r['solver'] == solver}):
                 cells = []
                 for name in SCHEDULES:
-                    (r,) = [r for r in mine if (r['solver'], r['nfe'], r['schedule']) == (solver, nfe, name)]
-                    cells.append(f"{r['gap']:.3f}" + (f" / {r['rmse']:.4f}" if has_rmse else ''))
+                    parts = ['{:.3g} ± {:.1g}'.format(*_mean_se(_values(rows, model, solver, nfe, name, m))) for m in metrics]
+                    star = ' *' if name != 'karras' and beats_karras(rows, model, solver, nfe, name) else ''
+                    cells.append(' / '.join(parts) + star)
                 lines.append(f'| {solver} | {nfe} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -85,10 +125,10 @@ def plot(rows, path):
         for j, solver in enumerate(SOLVERS):
             ax = axes[i, j]
             for name in SCHEDULES:
-                pts = sorted((r['nfe'], max(r['gap'], 1e-3)) for r in rows
-                             if (r['model'], r['solver'], r['schedule']) == (model, solver, name))
-                ax.plot(*zip(*pts), 'o-', label=name, markersize=3)
-            ax.set(xscale='log', yscale='log', title=f'{model}: {solver}', xlabel='NFE', ylabel='NLL gap (nats)')
+                nfes = sorted({r['nfe'] for r in rows if (r['model'], r['solver']) == (model, solver)})
+                kl = [max(_values(rows, model, solver, nfe, name, 'kl').mean(), 1e-3) for nfe in nfes]
+                ax.plot(nfes, kl, 'o-', label=name, markersize=3)
+            ax.set(xscale='log', yscale='log', title=f'{model}: {solver}', xlabel='NFE', ylabel='reverse KL (nats), mean over draws')
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
@@ -101,17 +141,18 @@ def main():
     parser.add_argument('--ckpt', nargs='*', default=[], help='trained checkpoints (mixture datasets)')
     parser.add_argument('--nfe', nargs='+', type=int, default=[4, 8, 16, 32, 64])
     parser.add_argument('--num', type=int, default=4000)
+    parser.add_argument('--draws', type=int, default=5, help='independent noise draws per point (default 5)')
     parser.add_argument('--out', default='benchmarks/results/entropic_sampling')
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for name in args.datasets:
         mixture = build_dataset(DataConfig(name=name)).mixture
-        rows += evaluate(f'{name}, exact denoiser', mixture, mixture, args.nfe, args.num, exact=True)
+        rows += evaluate(f'{name}, exact denoiser', mixture, mixture, args.nfe, args.num, args.draws, exact=True)
     for ckpt in args.ckpt:
         model = load_model(ckpt, device='cpu')
         rows += evaluate(f'{model.config.data.name}, trained ({ckpt})', model.sampling_denoiser(),
-                         model.dataset.mixture, args.nfe, args.num, exact=False)
+                         model.dataset.mixture, args.nfe, args.num, args.draws, exact=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows)
