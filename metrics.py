@@ -2,6 +2,8 @@
 
     python metrics.py --ckpt RUN/checkpoints/last.ckpt [--num 5000] [--steps 18] [--solver heun]
                       [--schedule karras] [--seed 0] [--json FILE] [--sigma-plot FILE] [--likelihood N]
+    python metrics.py --ckpt RUN/checkpoints/last.ckpt --probe [--probe-sigma 0.5] [--probe-train 4000]
+                      [--probe-test 1000] [--seed 0] [--json FILE]
 
 Rows: the trained model; the same sampler, schedule, steps and noise with the exact denoiser
 (the discretisation floor any trained model is held to); and fresh ground truth against ground
@@ -11,6 +13,16 @@ kernels (mmd) and, for Gaussian-mixture data, the mean exact NLL of the samples 
 --likelihood N: the model's own negative log-likelihood of N held-out data points by the I-MMSE
 identity (entropy/likelihood.py), in nats and bits/dim, next to the same estimate with the exact
 denoiser and, for mixtures, the exact −log p of the same points.
+
+On image models (whose sample metrics are fid.py's), --likelihood N gives bits/dim of N images by the
+same identity, uniformly dequantised (entropy.likelihood.image_bits_per_dim: an upper bound on the
+discrete NLL): from the test split for mnist, cifar10, cifar100 and tinyimagenet (data.root), from the
+training images for mnist-5k, which has no other (said in the output).
+
+--probe (image models only): linear-probe accuracy of the denoiser's
+encoder (evaluation/probe.py): the pooled activations at the end of the UNet encoder for the training
+images plus noise of σ = --probe-sigma fit a logistic regression on --probe-train images, scored on
+--probe-test others (a split seeded by --seed), against chance (1/classes).
 """
 
 import json
@@ -19,6 +31,9 @@ from pathlib import Path
 
 from cli import (Parser, UsageError, add_sampler_args, check_device, check_output_file, check_sampler_args,
                  load_for_sampling, main_guard, sample_kwargs)
+
+# --probe's defaults (evaluation.probe.DEFAULT_SIGMA, here so that --help needs no torch).
+PROBE_SIGMA, PROBE_TRAIN, PROBE_TEST = 0.5, 4000, 1000
 
 
 def sigma_curves(denoiser, dataset, sigma, num, generator):
@@ -34,6 +49,40 @@ def sigma_curves(denoiser, dataset, sigma, num, generator):
             mse.append((denoised - x0).square().sum(1).mean().item())
             score_norm.append(((denoised - x) / s ** 2).norm(dim=1).mean().item())
     return mse, score_norm
+
+
+def held_out_images(config, num, seed):
+    """(uint8 images [num, C, H, W], what they are): the test split of data on disk, else the training images."""
+    import torch
+
+    from datasets.images import tiny_imagenet, torchvision_data
+    data = config.data
+    if data.name == 'tinyimagenet':
+        images, source = tiny_imagenet(data.root, train=False, resolution=data.resolution).images, 'val split'
+    elif data.name in ('mnist', 'cifar10', 'cifar100'):
+        images, source = torchvision_data(data.name, data.root, train=False, resolution=data.resolution).images, 'test split'
+    else:
+        from datasets import build_dataset
+        images, source = build_dataset(data).images, 'training images: no held-out split'
+    if num > len(images):
+        raise UsageError(f'--likelihood: {num} images; the {source} of {data.name} has {len(images)}')
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]
+    return images[index.to(images.device)], source
+
+
+def image_likelihood(model, num, seed, no_ema):
+    """Mean bits/dim (dequantised I-MMSE bound) of `num` images, with its standard error over images."""
+    import torch
+
+    from entropy.likelihood import image_bits_per_dim
+    images, source = held_out_images(model.config, num, seed)
+    bpd = torch.cat([image_bits_per_dim(model.sampling_denoiser(not no_ema), batch.to(model.device),
+                                        generator=torch.Generator(model.device).manual_seed(seed + i))
+                     for i, batch in enumerate(images.split(64))])
+    mean, se = bpd.mean().item(), (bpd.std() / math.sqrt(len(bpd))).item() if len(bpd) > 1 else float('nan')
+    print(f'{model.config.name}: {mean:.4f} ± {se:.4f} bits/dim (uniformly dequantised, I-MMSE; an upper bound) '
+          f'on {num} {model.config.data.name} images ({source}), {"raw" if no_ema else "EMA"} weights')
+    return {'bits_per_dim': mean, 'standard_error': se, 'images': num, 'source': source}
 
 
 def likelihood(model, exact, num, seed, no_ema):
@@ -64,7 +113,14 @@ def main(argv=None):
     parser.add_argument('--json', help='also write the table to this JSON file')
     parser.add_argument('--sigma-plot', help='write a PNG of denoising error and score norm against σ')
     parser.add_argument('--likelihood', type=int, metavar='N', help='I-MMSE NLL of N held-out data points')
+    parser.add_argument('--probe', action='store_true',
+                        help='image models: linear-probe accuracy of the encoder features instead of the sample metrics')
+    parser.add_argument('--probe-sigma', type=float, metavar='SIGMA',
+                        help=f'noise level of the probed inputs (default {PROBE_SIGMA}, σ_data)')
+    parser.add_argument('--probe-train', type=int, metavar='N', help=f'images the probe fits (default {PROBE_TRAIN})')
+    parser.add_argument('--probe-test', type=int, metavar='N', help=f'held-out images it is scored on (default {PROBE_TEST})')
     args = parser.parse_args(argv)
+    check_probe_args(args)
     check_sampler_args(args)
     if args.likelihood is not None and args.likelihood < 1:
         raise UsageError(f'--likelihood: must be >= 1 (got {args.likelihood})')
@@ -79,6 +135,16 @@ def main(argv=None):
     from evaluation import plots
     from evaluation.metrics import sample_metrics
     model = load_for_sampling(args, check=lambda model: check_model(args, model))
+    if model.is_image_model:
+        table = {}
+        if args.probe:
+            table['probe'] = probe(args, model)
+        if args.likelihood:
+            table['likelihood'] = image_likelihood(model, args.likelihood, args.seed, args.no_ema)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(table, indent=2))
+        return table
     num = args.num or 5000
     kwargs = sample_kwargs(args)
 
@@ -117,9 +183,50 @@ def main(argv=None):
         plots.save(plots.sigma_curves_figure(grid.numpy(), curves), args.sigma_plot)
 
 
+def check_probe_args(args):
+    """The --probe flags' checks, before torch; fills in their defaults."""
+    given = [flag for flag, value in (('--probe-sigma', args.probe_sigma), ('--probe-train', args.probe_train),
+                                      ('--probe-test', args.probe_test)) if value is not None]
+    if given and not args.probe:
+        raise UsageError(f'{given[0]}: only with --probe')
+    if args.probe_sigma is not None and not 0 < args.probe_sigma < math.inf:
+        raise UsageError(f'--probe-sigma: must be a finite number > 0 (got {args.probe_sigma})')
+    for flag, value, least in (('--probe-train', args.probe_train, 2), ('--probe-test', args.probe_test, 1)):
+        if value is not None and value < least:
+            raise UsageError(f'{flag}: must be >= {least} (got {value})')
+    if args.probe and args.sigma_plot:
+        raise UsageError('--sigma-plot: not with --probe (toy models only)')
+    args.probe_sigma = PROBE_SIGMA if args.probe_sigma is None else args.probe_sigma
+    args.probe_train = PROBE_TRAIN if args.probe_train is None else args.probe_train
+    args.probe_test = PROBE_TEST if args.probe_test is None else args.probe_test
+
+
 def check_model(args, model):
-    if model.is_image_model:
-        raise UsageError(f'--ckpt: {args.ckpt}: an image model; its metrics are fid.py\'s (FID, KID, classifier distance)')
+    if args.probe and not model.is_image_model:
+        raise UsageError(f'--probe: {args.ckpt}: a toy model of points; the probe needs an image model with labels')
+    if model.is_image_model and not (args.probe or args.likelihood):
+        raise UsageError(f'--ckpt: {args.ckpt}: an image model; its metrics are fid.py\'s (FID, KID, classifier distance); '
+                         'metrics.py --probe gives its linear-probe accuracy, --likelihood N its bits/dim')
+    if model.is_image_model and args.sigma_plot:
+        raise UsageError('--sigma-plot: toy models only')
+
+
+def probe(args, model):
+    """Print (and with --json write) the linear-probe accuracy of an image model's encoder."""
+    from evaluation.probe import probe_accuracy
+
+    data = model.dataset
+    if args.probe_train + args.probe_test > len(data.images):
+        raise UsageError(f'--probe-train {args.probe_train} + --probe-test {args.probe_test}: {data.name} has '
+                         f'{len(data.images)} images')
+    result = probe_accuracy(model, sigma=args.probe_sigma, num_train=args.probe_train, num_test=args.probe_test,
+                            seed=args.seed, use_ema=not args.no_ema)
+    weights = 'raw' if args.no_ema else 'post-hoc EMA' if args.posthoc_sigma_rel else 'EMA'
+    h, w = result['feature_resolution']
+    print(f"{model.config.name}: linear-probe accuracy {result['accuracy']:.4f} (chance {result['chance']:.4f}) "
+          f"at σ={result['sigma']:g}, {result['num_train']} train / {result['num_test']} held-out {data.name} images, "
+          f"encoder features {result['feature_dim']} channels at {h}×{w} pooled, {weights} weights")
+    return {**result, 'weights': weights}
 
 
 if __name__ == '__main__':

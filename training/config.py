@@ -264,9 +264,14 @@ class TrainerConfig:
     ckpt_every: int = 1000     # checkpoints (last.ckpt is rewritten each time)
     max_nonfinite: int = 20    # batches in a row with a non-finite loss or gradient (each skipped) that stop the run
     progress_bar: bool = True
+    probe: bool = False  # image data: linear-probe accuracy (eval/probe_accuracy) with the figures
+    probe_sigma: float = 0.5
+    probe_train: int = 4000
+    probe_test: int = 1000
 
     def validate(self):
         _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'num_nodes', 'log_every', 'plot_every',
+                  'probe_sigma', 'probe_train', 'probe_test',
                   'ckpt_every', 'max_nonfinite', 'collective_timeout')
         if self.batch_gpu is not None and not self.batch_gpu > 0:
             raise ConfigError(f"trainer.batch_gpu: must be > 0 or null (got {self.batch_gpu})")
@@ -291,6 +296,8 @@ class Config:
         if self.seed < 0:
             raise ConfigError(f"seed: must be >= 0 (got {self.seed})")
         images = self.data.name in IMAGE_DATA
+        if self.trainer.probe and not images:
+            raise ConfigError(f"trainer.probe: needs labelled image data (data.name: {', '.join(IMAGE_DATA)})")
         if self.network.class_conditional and not images:
             raise ConfigError(f"network.class_conditional: needs labelled image data (data.name: {', '.join(IMAGE_DATA)})")
         if images == (self.network.name == 'mlp'):

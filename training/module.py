@@ -22,6 +22,7 @@ from entropy import STRUCTURE_DENSITIES, covariance_spectrum
 from errors import CheckpointError, ConfigError, RunStopped
 from evaluation import plots
 from evaluation.metrics import sample_metrics
+from evaluation.probe import probe_accuracy
 from networks import build_denoiser
 from networks.mp_unet import uncertainty_weighted_loss
 from sampling_model import SamplingModel
@@ -109,6 +110,10 @@ class EDMModule(L.LightningModule):
         self.config = config
         self.dataset = build_dataset(config.data)
         self.num_classes = self.dataset.num_classes if config.network.class_conditional else 0
+        t = config.trainer
+        if t.probe and t.probe_train + t.probe_test > len(self.dataset):
+            raise ConfigError(f'trainer.probe_train + trainer.probe_test: {t.probe_train + t.probe_test} images; '
+                              f'{config.data.name} has {len(self.dataset)}')
         self.denoiser = build_denoiser(config.network, config.precond, self.dataset.shape, self.num_classes)
         e = config.ema
         # object.__setattr__ keeps the EMA out of the module tree (no DDP, no state_dict entry).
@@ -336,6 +341,11 @@ class EDMModule(L.LightningModule):
         x = self.sampling_model().sample(s.num, seed=0)
         if len(self.dataset.shape) == 3:
             tb.add_image('samples', plots.image_grid(x), step)
+            t = self.config.trainer
+            if t.probe:  # its own generators: the training streams are untouched
+                tb.add_scalar('eval/probe_accuracy', probe_accuracy(
+                    self.sampling_model(), sigma=t.probe_sigma, num_train=t.probe_train, num_test=t.probe_test,
+                    seed=self.config.seed)['accuracy'], step)
         else:
             reference = self.dataset.sample(s.num, generator=rng.generator(self.device, self.config.seed, 2**16))
             for name, value in sample_metrics(x, reference, mixture=self.dataset.mixture).items():
