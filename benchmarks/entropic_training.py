@@ -1,58 +1,198 @@
-"""Training σ distributions compared on toy data and MNIST: quality against steps, and the speed-up.
+"""Training σ distributions compared on toy data and MNIST: proper scores against steps, paired by seed.
 
-    python -m benchmarks.entropic_training [--datasets ring tree moons swissroll mnist] [--seeds 0 1 2]
-        [--steps 10000] [--evals 1000 2000 4000 6000 8000 10000] [--workers 2] [--out DIR] [--summarise-only]
+    python -m benchmarks.entropic_training [--datasets ...] [--variants ...] [--seeds ...] [--steps N]
+        [--evals ...] [--workers 2] [--out DIR] [--protocol FILE] [--variant-config FILE] [--summarise-only]
 
-Every run is `train.py`'s own Lightning loop (the same model, batch, optimizer, EMA) with one
-σ distribution; runs differ only in `noise.*`. At each evaluation step the EMA model draws samples
-with the 18-step Heun sampler. Toy data: 4000 samples; quality is the exact-NLL gap (mean −log p of
-the samples minus the data's entropy, nats; 0 for samples of the data itself), and the sliced Wasserstein distance; the
-table shows beside them the floor, the same sampler and noise with the data's exact denoiser.
+What runs is fixed in two committed files, read before anything trains: benchmarks/protocol/protocol.yaml
+(datasets, budget, evaluation steps, reported seeds, the lognormal tuning grid and its own seeds) and
+benchmarks/protocol/variants.yaml (each σ distribution's complete `noise.*` settings). Every run is
+`train.py`'s own Lightning loop (same model, batch, optimizer, EMA) with one σ distribution; runs differ
+only in `noise.*`. A run records the settings it trained with; a cached run with other settings is
+refused, so nothing cached under one protocol is summarised under another.
+
+Toy data (exact Gaussian mixtures: ring, tree, moons, swissroll; held out: pinwheel and a random
+multi-scale mixture, `datasets.toy`): at each evaluation the EMA model draws samples with the 18-step
+Heun sampler (initial noise from the run's seed) and is scored by
+- reverse KL(q‖p) = E_q[−log p] − Ĥ_kNN(q) (nats; `evaluation.divergence.reverse_kl`),
+- SWD and MMD² against fresh draws of the data (`evaluation.metrics`),
+- the model's own NLL of fresh held-out data minus H(p) (the I-MMSE bound, `entropy.likelihood.nll`:
+  an estimate of KL(p‖p_model) from above, in nats),
+- mode occupancy KL (`evaluation.divergence.mode_occupancy`), and
+- the former "gap" E_q[−log p] − H(p), kept only as a column labelled cross-entropy: it is no divergence
+  (≈ 0 for a collapse onto one of equal modes, negative for samples sharper than the data).
+Every metric has its floor: the same sampler, noise and scoring with the data's exact denoiser.
 MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits): 1000 samples, 100 of each class
-(conditional, guidance 1); quality is the Fréchet distance in the features of the project's digit
+(conditional, guidance 1), scored by the Fréchet distance in the features of the project's digit
 classifier (`fid.py --features classifier`; trained once per machine and cached) against all 5,000
 digits. Fréchet distances compare only within one classifier: each MNIST run records its classifier's
 fingerprint, and a cached run or a summary that mixes classifiers stops with an error.
-Speed-up of a distribution = steps lognormal needs to first reach its final quality ÷ steps the
-distribution needs for the same (mean over seeds, linear interpolation between evaluations;
-'not reached' when it never gets there), and the same paired by seed (each seed's run against
-lognormal's run with that seed). Variants: the fixed distributions, the entropic profile's
-densities (entropic, gated, rescaled, importance-weighted), the structure density estimated
-online ('structure'), the same times σ ('rescaled-structure', online) and, on the toy mixtures, the
-structure density from the exact denoiser of the data's mixture, fixed from step 0 ('structure-oracle'). Each run's result is cached in DIR/runs/*.json, so an
-interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise.
+
+Baselines: EDM's default lognormal, log-uniform, and a lognormal tuned per dataset on a (P_mean, P_std)
+grid trained on the protocol's tuning seeds, which are never reported (the protocol's reported and
+tuning seeds must be disjoint; every entry point checks). Speed-up, per seed: steps the tuned baseline
+needs to reach its own value at 25/50/100% of the budget ÷ steps the variant needs to reach it
+(`benchmarks.seed_statistics`: interpolated in log steps); the median over seeds with a bootstrap 95%
+interval. Paired differences of every metric at those steps with t intervals. Curves are never averaged
+before a ratio. Each run's result is cached in DIR/runs/*.json (tuning runs in DIR/tuning/), so an
+interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise, and `--summarise-only`
+reproduces them from the cache.
 """
 
 import argparse
+import copy
 import hashlib
 import json
+import math
 import os
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-
-VARIANTS = {
-    'lognormal': [],
-    'loguniform': ['noise.name=loguniform'],
-    'logistic': ['noise.name=logistic'],
-    'entropic': ['noise.name=entropic'],
-    'entropic-importance': ['noise.name=entropic', 'noise.weighting=importance'],
-    'entropic-gated': ['noise.name=entropic', 'noise.gate_c=0.1'],
-    'rescaled': ['noise.name=entropic', 'noise.density=rescaled'],
-    'structure': ['noise.name=entropic', 'noise.density=structure'],
-    'rescaled-structure': ['noise.name=entropic', 'noise.density=rescaled-structure'],
-    # The structure density of the data's exact profile (its mixture's own denoiser), fixed from step 0.
-    'structure-oracle': ['noise.name=entropic', 'noise.density=structure', 'noise.warmup_steps=0',
-                         'noise.refresh_every=1000000000'],
-}
+import yaml
 
 
-CONFIGS = {'ring': 'configs/toy/default.yaml', 'mnist': 'configs/mnist/fast.yaml'}  # else configs/toy/<name>.yaml
+PROTOCOL = 'benchmarks/protocol/protocol.yaml'
+VARIANTS_FILE = 'benchmarks/protocol/variants.yaml'
+
+# The config a dataset's runs start from (else configs/toy/<name>.yaml). The held-out sets start from the
+# ring's and are given as the exact mixture of their builder (`data_overrides`).
+CONFIGS = {'ring': 'configs/toy/default.yaml', 'mnist': 'configs/mnist/fast.yaml',
+           'pinwheel': 'configs/toy/default.yaml', 'multiscale': 'configs/toy/default.yaml'}
+HELD_OUT_BUILDERS = ('pinwheel', 'multiscale')
+TOY = ('ring', 'tree', 'moons', 'swissroll', 'gmm') + HELD_OUT_BUILDERS
 IMAGES = {'mnist'}
 SAMPLES_PER_CLASS = 100  # MNIST: 1000 samples per evaluation
-QUALITY = {'gap': 'exact-NLL gap (nats)', 'fd': 'classifier Fréchet distance'}
+REFERENCE_SEED, HELDOUT_SEED, NLL_SEED = 1234, 4321, 5678
 
+METRICS = {
+    'kl': 'reverse KL(q‖p) (nats)',
+    'swd': 'SWD',
+    'mmd': 'MMD²',
+    'nll': 'held-out NLL − H(p) (nats, I-MMSE bound)',
+    'occupancy_kl': 'mode occupancy KL (nats)',
+    'cross_entropy': 'cross-entropy E_q[−log p] − H(p) (nats; not a divergence)',
+    'fd': 'classifier Fréchet distance',
+}
+TOY_METRICS = ('kl', 'swd', 'mmd', 'nll', 'occupancy_kl', 'cross_entropy')
+GRID_PREFIX = 'lognormal_P'  # tuning-grid runs: lognormal_P<P_mean>_<P_std>
+ROLES = ('baseline', 'cedm', 'diagnostic')
+
+
+# ------------------------------------------------------------------------------------ the protocol
+
+def file_sha(path):
+    """The first 16 hex digits of the SHA-256 of a file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_disjoint(seeds, tuning_seeds):
+    """ValueError unless no reported seed is a tuning seed."""
+    shared = sorted(set(seeds) & set(tuning_seeds))
+    if shared:
+        raise ValueError(f'seeds {shared} are tuning seeds {sorted(tuning_seeds)}: the runs that chose the tuned '
+                         'lognormal are never reported')
+
+
+def load_protocol(path=PROTOCOL):
+    """The protocol file as a dict (plus 'path' and 'sha'), checked: reported and tuning seeds disjoint,
+    evaluation fractions increasing to 1 with gaps of at most 10% of the budget, speed-up fractions among them."""
+    protocol = yaml.safe_load(Path(path).read_text())
+    protocol.update(path=str(path), sha=file_sha(path))
+    check_disjoint(protocol['seeds'], protocol['tuning_seeds'])
+    fractions = protocol['eval_fractions']
+    gaps = [b - a for a, b in zip([0.0] + fractions, fractions)]
+    if fractions != sorted(set(fractions)) or fractions[-1] != 1.0 or min(gaps) <= 0 or max(gaps) > 0.1 + 1e-9:
+        raise ValueError(f'{path}: eval_fractions must increase to 1.0 in steps of at most 0.1 (got {fractions})')
+    if not set(protocol['speedup_fractions']) <= set(fractions):
+        raise ValueError(f'{path}: speedup_fractions {protocol["speedup_fractions"]} must be evaluation fractions')
+    return protocol
+
+
+def eval_steps(protocol, steps):
+    """The evaluation steps of a run of `steps` steps: each of the protocol's fractions of it."""
+    evals = sorted({round(f * steps) for f in protocol['eval_fractions']} - {0})
+    for f in protocol['speedup_fractions']:
+        if f * steps not in evals:
+            raise ValueError(f'{steps} steps: {f} of them is not a whole evaluation step (use a multiple of 4)')
+    return evals
+
+
+def load_variants(path=VARIANTS_FILE):
+    """{name: {'role', 'noise', 'default', 'tuned', 'oracle'}} from the variants file, checked."""
+    variants = yaml.safe_load(Path(path).read_text())
+    for name, spec in variants.items():
+        if name.startswith(GRID_PREFIX) or spec.get('role') not in ROLES or not isinstance(spec.get('noise'), dict):
+            raise ValueError(f'{path}: variant {name!r} needs a role ({", ".join(ROLES)}) and a noise mapping '
+                             f'(and no name starting {GRID_PREFIX})')
+        spec.setdefault('default', True)
+        spec.setdefault('tuned', False)
+        spec.setdefault('oracle', False)
+    return variants
+
+
+def grid_variant(P_mean, P_std):
+    """The name of a tuning-grid run."""
+    return f'{GRID_PREFIX}{P_mean:+.2f}_{P_std:.2f}'
+
+
+def parse_grid_variant(name):
+    """(P_mean, P_std) of a tuning-grid run's name, or None for any other variant."""
+    if not name.startswith(GRID_PREFIX):
+        return None
+    P_mean, P_std = name[len(GRID_PREFIX):].split('_')
+    return float(P_mean), float(P_std)
+
+
+def tuning_grid(protocol):
+    return [(m, s) for m in protocol['tuning']['P_mean'] for s in protocol['tuning']['P_std']]
+
+
+def noise_overrides(variants, variant, tuned=None):
+    """The `noise.*` overrides of a variant (tuned: {'P_mean', 'P_std'} of the dataset's tuning, needed by
+    tuned variants) or of a tuning-grid run."""
+    point = parse_grid_variant(variant)
+    if point is not None:
+        noise = {**next(s for s in variants.values() if s['tuned'])['noise'], 'P_mean': point[0], 'P_std': point[1]}
+    else:
+        spec = variants[variant]
+        noise = dict(spec['noise'])
+        if spec['tuned']:
+            if tuned is None:
+                raise ValueError(f'{variant}: a tuned variant needs the tuning result of its dataset')
+            noise.update(P_mean=tuned['P_mean'], P_std=tuned['P_std'])
+    return [f'noise.{key}={json.dumps(value)}' for key, value in noise.items()]
+
+
+def held_out_mixture(dataset, protocol):
+    """The exact mixture of a held-out set (`datasets.toy`), the multi-scale one from the protocol's seed."""
+    from datasets import toy
+
+    return toy.pinwheel() if dataset == 'pinwheel' else toy.multiscale(seed=protocol['multiscale_seed'])
+
+
+def data_overrides(dataset, protocol):
+    """`data.*` overrides: a held-out set as `data.name=gmm` with its builder's weights, means and covariances
+    (the same mixture whether or not the data registry has it, so cached runs stay valid); none otherwise."""
+    if dataset not in HELD_OUT_BUILDERS:
+        return []
+    mixture = held_out_mixture(dataset, protocol)
+    return ['data.name=gmm', f'data.weights={json.dumps(mixture.weights.tolist())}',
+            f'data.means={json.dumps(mixture.means.tolist())}', f'data.covs={json.dumps(mixture.covs.tolist())}']
+
+
+def config_file(dataset):
+    """The YAML experiment a dataset's runs start from."""
+    return CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml')
+
+
+def load_dataset_config(dataset, protocol, overrides=()):
+    from training.config import load_config
+
+    return load_config(config_file(dataset), data_overrides(dataset, protocol) + list(overrides))
+
+
+# ------------------------------------------------------------------------------------ measurements
 
 def classifier_path(data):
     """The cached digit classifier of fid.py (`--features classifier`), trained here if missing."""
@@ -64,50 +204,73 @@ def classifier_path(data):
     return path
 
 
-def config_file(dataset):
-    """The YAML experiment a dataset's runs start from."""
-    return CONFIGS.get(dataset, f'configs/toy/{dataset}.yaml')
-
-
-def toy_reference(mixture):
-    """(4000 fresh samples of `mixture`, its entropy in nats by Monte Carlo over 100,000 samples, the
-    generator's state after drawing them): what every toy evaluation compares with, the same for every
-    run; each evaluation draws its SWD projections (and σ quantiles) from a generator in that state."""
+def toy_reference(mixture, evaluation):
+    """What every evaluation of a toy run is scored against, the same for every run: {'reference':
+    `samples` fresh draws of `mixture` (on the CPU), 'entropy': its entropy in nats by Monte Carlo over
+    100,000 more, 'after_reference': the generator's state after drawing them (each evaluation draws its
+    SWD projections and σ quantiles from a generator in that state), 'heldout': `heldout` fresh points
+    for the model's NLL, from their own seed}."""
     import torch
 
-    generator = torch.Generator().manual_seed(1234)
-    reference = mixture.sample(4000, generator=generator)
+    mixture = copy.deepcopy(mixture).to('cpu')
+    generator = torch.Generator().manual_seed(REFERENCE_SEED)
+    reference = mixture.sample(evaluation['samples'], generator=generator)
     entropy = mixture.entropy(100000, generator=generator)
-    return reference, entropy, generator.get_state()
+    heldout = mixture.sample(evaluation['heldout'], generator=torch.Generator().manual_seed(HELDOUT_SEED))
+    return {'mixture': mixture, 'reference': reference, 'entropy': entropy, 'after_reference': generator.get_state(),
+            'heldout': heldout}
 
 
-def exact_floors(dataset, seeds):
-    """[{'gap', 'swd'} for each seed]: the toy evaluation's sampler (18-step Heun, ρ=7, 4000 samples
-    from the initial noise of the seed) run with the data's exact denoiser, scored against the same
+def toy_metrics(x, denoiser, reference, evaluation, device='cpu'):
+    """({metric: value}, the generator after the SWD projections) of samples x [n, 2] from a sampler that
+    used `denoiser` (x, σ [n]) -> x0_hat, against `toy_reference`'s dict."""
+    import torch
+
+    from entropy.likelihood import nll
+    from evaluation.divergence import mode_occupancy, reverse_kl
+    from evaluation.metrics import mmd, sliced_wasserstein
+
+    mixture, entropy = reference['mixture'], reference['entropy']
+    x = x.detach().cpu()
+    generator = torch.Generator().set_state(reference['after_reference'])
+    kl = reverse_kl(x, mixture.log_prob, k=evaluation['knn_k'])
+    heldout = reference['heldout'].to(device)
+    model_nll = nll(denoiser, heldout, num_points=evaluation['nll_points'], num_noise=evaluation['nll_noise'],
+                    generator=torch.Generator(device=device).manual_seed(NLL_SEED))
+    metrics = {'kl': kl.kl, 'cross_entropy': kl.cross_entropy - entropy,
+               'swd': sliced_wasserstein(x, reference['reference'], generator=generator),
+               'mmd': mmd(x, reference['reference']), 'occupancy_kl': mode_occupancy(x, mixture).kl,
+               'nll': model_nll.mean().item() - entropy}
+    return metrics, generator
+
+
+def exact_floors(dataset, seeds, protocol=None):
+    """[{metric: value, 'occupancy_chance': ...} for each seed]: the toy evaluation's sampler (18-step Heun,
+    ρ=7, the initial noise of the seed) and NLL run with the data's exact denoiser, scored against the same
     reference as every evaluation: the floor any trained model is held to."""
     import torch
 
     import sampling
-    from training.config import load_config
     from datasets import build_dataset
-    from evaluation.metrics import mixture_nll, sliced_wasserstein
 
-    config = load_config(config_file(dataset))
+    protocol = protocol or load_protocol()
+    evaluation = protocol['evaluation']
+    config = load_dataset_config(dataset, protocol)
     mixture, s = build_dataset(config.data).mixture, config.sample
     sigmas = sampling.karras_sigmas(18, s.sigma_min, s.sigma_max, s.rho)
-    reference, entropy, after_reference = toy_reference(mixture)
+    reference = toy_reference(mixture, evaluation)
     floors = []
     for seed in seeds:
-        noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(seed))
-        x = sampling.sample(mixture.denoise, noise, sigmas, 'heun')
-        generator = torch.Generator().set_state(after_reference)
-        floors.append({'gap': mixture_nll(mixture, x) - entropy, 'swd': sliced_wasserstein(x, reference, generator=generator)})
+        noise = torch.randn(evaluation['samples'], 2, generator=torch.Generator().manual_seed(seed))
+        x = sampling.sample(reference['mixture'].denoise, noise, sigmas, 'heun')
+        metrics, _ = toy_metrics(x, reference['mixture'].denoise, reference, evaluation)
+        floors.append({**metrics, 'occupancy_chance': (reference['mixture'].num_components - 1) / (2 * len(x))})
     return floors
 
 
 def classifier_fingerprint(path):
     """The first 16 hex digits of the SHA-256 of a classifier's weights file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return file_sha(path)
 
 
 def check_one_classifier(results, dataset):
@@ -133,31 +296,56 @@ def classifier_frechet(model, classifier, reference, seed):
                                     verbose=False)['frechet_inception_distance']
 
 
-def run_one(dataset, variant, seed, steps, evals, out, threads=1):
-    """Train one configuration; returns {'step': [...], 'gap' or 'fd': [...], ('swd': [...],) 'sigma_q10_50_90': [...]}."""
+def run_path(out, dataset, variant, seed):
+    folder = 'tuning' if parse_grid_variant(variant) else 'runs'
+    return Path(out) / folder / f'{dataset}-{variant}-{seed}.json'
+
+
+def run_settings(dataset, variant, seed, steps, protocol, variants, tuned=None):
+    """What a run is trained and scored with, as its cache records it; checks the seed is of the right kind."""
+    if parse_grid_variant(variant) is not None:
+        if seed not in protocol['tuning_seeds']:
+            raise ValueError(f'{variant}: tuning-grid runs use the tuning seeds {protocol["tuning_seeds"]} only (got {seed})')
+    else:
+        check_disjoint([seed], protocol['tuning_seeds'])
+    data = data_overrides(dataset, protocol)
+    return {'noise': noise_overrides(variants, variant, tuned), 'steps': steps,
+            'data': hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16] if data else None,
+            'evaluation': None if dataset in IMAGES else protocol['evaluation']}
+
+
+def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None, variants=None, tuned=None):
+    """Train one configuration (or return its cached result); returns {'step': [...], one list per metric,
+    'sigma_q10_50_90': [...], 'settings', 'wall_s', 'cpu_s', 'eval_s', 'eval_cpu_s'} (seconds: wall and
+    process CPU time of the whole run and of its evaluations). `protocol`, `variants`: the
+    loaded files (default: the committed ones); `tuned`: the dataset's tuning result, for tuned variants."""
     import lightning as L
     import torch
 
     torch.set_num_threads(threads)
     import train
-    from training.config import load_config
     from entropy.profile import EntropyProfile
-    from training.noise import profile_kwargs
     from evaluation.fidelity import DigitClassifier
-    from evaluation.metrics import mixture_nll, sliced_wasserstein
     from training.module import EDMModule
+    from training.noise import profile_kwargs
 
-    path = out / 'runs' / f'{dataset}-{variant}-{seed}.json'
+    protocol, variants = protocol or load_protocol(), variants or load_variants()
+    settings = run_settings(dataset, variant, seed, steps, protocol, variants, tuned)
+    path = run_path(out, dataset, variant, seed)
     if dataset in IMAGES:
         from datasets import build_dataset
-        weights = classifier_path(build_dataset(load_config(config_file(dataset)).data))
+        weights = classifier_path(build_dataset(load_dataset_config(dataset, protocol).data))
         fingerprint = classifier_fingerprint(weights)
     if path.is_file():
         cached = json.loads(path.read_text())
         if dataset in IMAGES and cached.get('classifier') != fingerprint:
             raise SystemExit(f'{path}: measured with classifier {cached.get("classifier")}, not {fingerprint} '
                              f'({weights}): move it aside or use another --out')
+        if cached.get('settings') != settings:
+            raise SystemExit(f'{path}: trained or scored with other settings ({cached.get("settings")}) than now '
+                             f'({settings}): move it aside or use another --out')
         return cached
+    evaluation = protocol['evaluation']
 
     class Evaluate(L.Callback):
         def __init__(self):
@@ -165,29 +353,31 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             if dataset in IMAGES:
                 self.result['classifier'] = fingerprint
             self.toy = None  # `toy_reference` of the run's mixture, built at its first evaluation
+            self.seconds = self.cpu_seconds = 0.0
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step not in evals:
                 return
+            start, start_cpu = time.perf_counter(), time.process_time()
+            model = module.sampling_model()
             if dataset in IMAGES:
-                quality = {'fd': classifier_frechet(module.sampling_model(), classifier, reference, seed)}
-                gen = torch.Generator().manual_seed(1234)
+                quality = {'fd': classifier_frechet(model, classifier, reference, seed)}
+                gen = torch.Generator().manual_seed(REFERENCE_SEED)
             else:
-                x = module.sampling_model().sample(4000, steps=18, solver='heun', schedule='karras', seed=seed)
-                mixture = module.dataset.mixture
-                self.toy = self.toy or toy_reference(mixture)
-                reference_x, entropy, after_reference = self.toy
-                gen = torch.Generator().set_state(after_reference)
-                quality = {'gap': mixture_nll(mixture, x) - entropy,
-                           'swd': sliced_wasserstein(x, reference_x, generator=gen)}
+                x = model.sample(evaluation['samples'], steps=18, solver='heun', schedule='karras', seed=seed)
+                self.toy = self.toy or toy_reference(module.dataset.mixture, evaluation)
+                quality, gen = toy_metrics(x, model.sampling_denoiser(), self.toy, evaluation, module.device)
             sigma = module.noise.sample(20000, generator=gen, device=module.device)  # the training stream left untouched
             self.result['step'].append(trainer.global_step)
             for key, value in quality.items():
                 self.result.setdefault(key, []).append(value)
-            self.result['sigma_q10_50_90'].append(torch.quantile(sigma, torch.tensor([0.1, 0.5, 0.9])).tolist())
+            self.result['sigma_q10_50_90'].append(torch.quantile(sigma.cpu(), torch.tensor([0.1, 0.5, 0.9])).tolist())
+            self.seconds += time.perf_counter() - start
+            self.cpu_seconds += time.process_time() - start_cpu
 
+    wall, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(config_file(dataset), VARIANTS[variant] + [
+        config = load_dataset_config(dataset, protocol, settings['noise'] + [
             f'seed={seed}', f'trainer.max_steps={steps}', f'run_dir={tmp}', 'trainer.progress_bar=false',
             f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={10 * steps}', 'trainer.log_every=500'])
         torch.manual_seed(seed)
@@ -198,7 +388,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
             classifier.eval()
             with torch.no_grad():
                 reference = classifier.features(model.dataset.images.cpu().float() / 127.5 - 1)
-        if variant.endswith('-oracle'):
+        if parse_grid_variant(variant) is None and variants[variant]['oracle']:
             mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
             model.profile.load_state_dict(EntropyProfile.from_denoiser(
                 mixture, lambda n: mixture.sample(n, generator=gen), config.noise.sigma_min, config.noise.sigma_max,
@@ -210,112 +400,386 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1):
         trainer.fit(model)
     if trainer.global_step < steps:  # stopped early (a signal): not a result to cache
         raise RuntimeError(f'{dataset} {variant} seed {seed}: stopped at step {trainer.global_step} of {steps}')
+    evaluate.result.update(settings=settings, wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu,
+                           eval_s=evaluate.seconds, eval_cpu_s=evaluate.cpu_seconds)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(evaluate.result))
-    key = 'fd' if dataset in IMAGES else 'gap'
-    print(f'{dataset:10s} {variant:20s} seed {seed}: {key} {evaluate.result[key]}', flush=True)
+    key = 'fd' if dataset in IMAGES else 'kl'
+    print(f'{dataset:10s} {variant:20s} seed {seed}: {key} {[round(v, 4) for v in evaluate.result[key]]} '
+          f'({evaluate.result["wall_s"]:.0f} s)', flush=True)
     return evaluate.result
 
 
-def steps_to_reach(steps, quality, target):
-    """First step (linear interpolation) at which `quality` (lower is better) reaches `target`."""
-    for i, q in enumerate(quality):
-        if q <= target:
-            if i == 0:
-                return steps[0]
-            q0, s0 = quality[i - 1], steps[i - 1]
-            return s0 + (steps[i] - s0) * (q0 - target) / (q0 - q)
-    return None
+# ------------------------------------------------------------------------------------ tuning
+
+def tuning_metrics(dataset, protocol):
+    return ['fd'] if dataset in IMAGES else list(protocol['tuning']['metrics'])
 
 
-def summarise(results, datasets, variants, seeds_by_dataset, out):
+def choose_tuned(results, dataset, protocol):
+    """The tuned lognormal of `dataset` from the grid's runs on the TUNING seeds only (results of any other
+    seed are not read): each metric's final value averaged over the tuning seeds, ranked within the grid
+    (ties share their mean rank, a non-finite value ranks last); the lowest mean rank wins, ties by the
+    first metric. Returns {'P_mean', 'P_std', 'rows': [(P_mean, P_std, {metric: mean}, mean rank)]}."""
+    import numpy as np
+    import scipy.stats
+
+    seeds, metrics, grid = protocol['tuning_seeds'], tuning_metrics(dataset, protocol), tuning_grid(protocol)
+    missing = [(dataset, grid_variant(*p), s) for p in grid for s in seeds if (dataset, grid_variant(*p), s) not in results]
+    if missing:
+        raise KeyError(f'{dataset}: tuning runs missing: {missing[:3]}{" ..." if len(missing) > 3 else ""}')
+    means = [{m: float(np.mean([results[dataset, grid_variant(*p), s][m][-1] for s in seeds])) for m in metrics}
+             for p in grid]
+    ranks = np.mean([scipy.stats.rankdata([v[m] if math.isfinite(v[m]) else math.inf for v in means])
+                     for m in metrics], axis=0)
+    best = min(range(len(grid)), key=lambda i: (ranks[i], means[i][metrics[0]]))
+    rows = [(p[0], p[1], means[i], float(ranks[i])) for i, p in enumerate(grid)]
+    return {'P_mean': grid[best][0], 'P_std': grid[best][1], 'rows': rows}
+
+
+# ------------------------------------------------------------------------------------ the summary
+
+def _number(x, digits=3):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return '–'
+    if math.isinf(x):
+        return '∞' if x > 0 else '−∞'
+    return f'{x:.{digits}g}'
+
+
+def _mean_se(values):
+    """'mean ± SE' over seeds (SE: std with ddof=1 over √n; '–' for one seed)."""
     import numpy as np
 
-    lines = ['| dataset | σ distribution | quality at each eval step (mean ± std over seeds; lower is better) | final SWD | σ q10/q50/q90 (final) | speed-up vs lognormal | paired, per seed |',
-             '| --- | --- | --- | --- | --- | --- | --- |']
-    curves = {}
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return f'{_number(float(values.mean()))} (a seed non-finite)'
+    if len(values) < 2:
+        return f'{_number(float(values.mean()))} ± –'
+    return f'{_number(float(values.mean()))} ± {_number(float(values.std(ddof=1) / math.sqrt(len(values))), 2)}'
+
+
+def _interval(m):
+    return f'{_number(m.median)} [{_number(m.low)}, {_number(m.high)}]'
+
+
+def joint_speedup(base_steps, base, var_steps, var, fraction, metrics):
+    """Per seed: steps the baseline needs to reach ALL its own values of `metrics` at `fraction` of its budget
+    ÷ steps the variant needs to reach all of them (each curve [seeds, evaluations] in `base`/`var`)."""
+    import numpy as np
+
+    from benchmarks.seed_statistics import reach_step
+
+    base_steps = np.asarray(base_steps, dtype=np.float64)
+    column = np.flatnonzero(np.isclose(base_steps, fraction * base_steps[-1]))
+    if len(column) == 0:
+        raise ValueError(f'no baseline evaluation at {fraction} of the budget')
+    ratios = []
+    for s in range(len(base[metrics[0]])):
+        targets = {m: base[m][s][column[0]] for m in metrics}
+        needed = max(reach_step(base_steps, base[m][s], targets[m]) for m in metrics)
+        taken = max(reach_step(var_steps, var[m][s], targets[m]) for m in metrics)
+        ratios.append(needed / taken)
+    return np.array(ratios)
+
+
+def speedups(results, dataset, variant, baseline, seeds, fractions):
+    """{(metric or 'joint', fraction): MedianInterval or None}: per-seed speed-ups against `baseline`."""
+    import numpy as np
+
+    from benchmarks.seed_statistics import median_with_bootstrap_ci, speedup
+
+    metrics = ['fd'] if dataset in IMAGES else ['kl', 'swd']
+    curves = lambda v: {m: np.array([results[dataset, v, s][m] for s in seeds]) for m in metrics}
+    steps = lambda v: results[dataset, v, seeds[0]]['step']
+    base, var = curves(baseline), curves(variant)
+    out = {}
+    for f in fractions:
+        for m in metrics + ['joint']:
+            try:
+                if m == 'joint':
+                    ratios = joint_speedup(steps(baseline), base, steps(variant), var, f, metrics)
+                else:
+                    ratios = speedup(steps(baseline), base[m], steps(variant), var[m], f)
+                out[m, f] = median_with_bootstrap_ci(ratios)
+            except ValueError:  # no evaluation at that fraction (a short test run)
+                out[m, f] = None
+    return out
+
+
+def goal_verdict(joint, datasets, held_out, fractions):
+    """The issue's goal for one variant from its joint (KL and SWD) speed-ups {(dataset, fraction): interval}:
+    ≥ 1.5× (median) with the interval's low end above 1.0 at 100% on the tree and every held-out set, and
+    a median of at least 0.9× on every dataset at every speed-up fraction."""
+    strong = [d for d in datasets if d == 'tree' or d in held_out]
+    if not strong:
+        return 'not assessable (no tree or held-out set in this summary)'
+    failures = []
+    for d in strong:
+        m = joint.get((d, 1.0))
+        if m is None or not (m.median >= 1.5 and m.low > 1.0):
+            failures.append(f'{d} 100%: {_interval(m) if m else "–"}')
     for d in datasets:
-        seeds, key = seeds_by_dataset[d], 'fd' if d in IMAGES else 'gap'
-        base = np.mean([results[d, 'lognormal', s][key] for s in seeds], axis=0)
-        steps = results[d, 'lognormal', seeds[0]]['step']
-        if key == 'gap':  # the same sampler with the exact denoiser: the same value at every evaluation
-            floors = exact_floors(d, seeds)
-            gap = np.array([f['gap'] for f in floors])
-            lines.append(f"| {d} ({len(seeds)} seeds, {QUALITY[key]}) | exact denoiser (floor) | {gap.mean():.3f}±{gap.std():.3f} at every step "
-                         f"| {np.mean([f['swd'] for f in floors]):.4f} | – | – | – |")
+        for f in fractions:
+            m = joint.get((d, f))
+            if m is not None and m.median < 0.9:
+                failures.append(f'{d} {f:.0%}: median {_number(m.median)} < 0.9')
+    return 'met' if not failures else 'not met (' + '; '.join(failures) + ')'
+
+
+def dataset_section(results, dataset, variants, baseline, seeds, protocol, floors, lines, joint):
+    """The tables of one dataset, appended to `lines`; its joint speed-ups into `joint[variant][dataset, f]`."""
+    import numpy as np
+
+    from benchmarks.seed_statistics import paired_difference
+
+    images = dataset in IMAGES
+    metrics = ['fd'] if images else list(TOY_METRICS)
+    steps = results[dataset, baseline, seeds[0]]['step']
+    fractions = protocol['speedup_fractions']
+    at_fraction = {f: steps.index(round(f * steps[-1])) if round(f * steps[-1]) in steps else None for f in fractions}
+    lines += [f'### {dataset} — {len(seeds)} seeds ({", ".join(map(str, seeds))}), {steps[-1]} steps, '
+              f'baseline {baseline}', '']
+
+    lines += [f'Final values at step {steps[-1]} (mean ± SE over seeds, ddof=1; lower is better'
+              + ('' if images else '; floor: the same sampler, noise and scoring with the exact denoiser') + '):', '',
+              '| σ distribution | ' + ' | '.join(METRICS[m] for m in metrics) + ' | σ q10/q50/q90 (final) |',
+              '| --- |' + ' --- |' * (len(metrics) + 1)]
+    if floors is not None:
+        chance = floors[0]['occupancy_chance']
+        lines.append('| exact denoiser (floor) | ' + ' | '.join(
+            _mean_se([f[m] for f in floors]) + (f' (chance {_number(chance, 2)})' if m == 'occupancy_kl' else '')
+            for m in metrics) + ' | – |')
+    for v in variants:
+        q = np.mean([results[dataset, v, s]['sigma_q10_50_90'][-1] for s in seeds], axis=0)
+        lines.append(f'| {v} | ' + ' | '.join(_mean_se([results[dataset, v, s][m][-1] for s in seeds]) for m in metrics)
+                     + f' | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} |')
+
+    keys = ['fd'] if images else ['kl', 'swd']
+    columns = [(m, f) for m in keys + ['joint'] for f in fractions]
+    lines += ['', f'Speed-up against {baseline}: per seed, the steps {baseline} needs to reach its own value at a '
+              'fraction of the budget ÷ the steps the variant needs (log-step interpolation; 0: never reached; '
+              '"joint": all of ' + ', '.join(keys) + ' reached); median over seeds [95% bootstrap interval]:', '',
+              '| σ distribution | ' + ' | '.join(f'{m} {f:.0%}' for m, f in columns) + ' |',
+              '| --- |' + ' --- |' * len(columns)]
+    for v in variants:
+        ups = speedups(results, dataset, v, baseline, seeds, fractions)
+        joint.setdefault(v, {}).update({(dataset, f): ups['joint', f] for f in fractions})
+        lines.append(f'| {v} | ' + ' | '.join(_interval(ups[c]) if ups[c] else '–' for c in columns) + ' |')
+
+    if len(seeds) >= 2:
+        lines += ['', f'Paired differences against {baseline} (variant − baseline, same seed; mean [95% t interval]; '
+                  'negative: the variant is lower):', '',
+                  '| σ distribution | step | ' + ' | '.join(f'Δ {m}' for m in metrics) + ' |',
+                  '| --- | --- |' + ' --- |' * len(metrics)]
         for v in variants:
-            quality = np.array([results[d, v, s][key] for s in seeds])
-            mean = quality.mean(0)
-            curves[d, v] = (steps, mean)
-            reach = steps_to_reach(steps, list(mean), base[-1])
-            speedup = 'not reached' if reach is None else f'{steps_to_reach(steps, list(base), base[-1]) / reach:.2f}×'
-            paired = []
-            for s in seeds:
-                # Lognormal's own first arrival at its final quality: it can plateau before the last step.
-                target = results[d, 'lognormal', s][key]
-                r = steps_to_reach(steps, results[d, v, s][key], target[-1])
-                paired.append('–' if r is None else f'{steps_to_reach(steps, target, target[-1]) / r:.2f}')
-            paired = ', '.join(paired)
-            swd = f"{np.mean([results[d, v, s]['swd'][-1] for s in seeds]):.4f}" if key == 'gap' else '–'
-            q = np.mean([results[d, v, s]['sigma_q10_50_90'][-1] for s in seeds], axis=0)
-            cells = ' / '.join(f'{m:.2f}±{sd:.2f}' for m, sd in zip(mean, quality.std(0)))
-            lines.append(f'| {d} ({len(seeds)} seeds, {QUALITY[key]}) | {v} | {cells} | {swd} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} | {speedup} | {paired} |')
-    classifiers = {d: check_one_classifier(results, d) for d in datasets if d in IMAGES}
-    header = f"evaluation steps: {steps}; seeds per dataset: {seeds_by_dataset}"
-    header += ''.join(f'; {d} classifier {c or "not recorded"}' for d, c in classifiers.items()) + '\n\n'
-    (out / 'results.md').write_text(header + '\n'.join(lines) + '\n')
-    print(header + '\n'.join(lines))
+            if v == baseline:
+                continue
+            for f, i in at_fraction.items():
+                if i is None:
+                    continue
+                cells = []
+                for m in metrics:
+                    try:
+                        d = paired_difference([results[dataset, v, s][m][i] for s in seeds],
+                                              [results[dataset, baseline, s][m][i] for s in seeds])
+                        cells.append(f'{_number(d.mean)} [{_number(d.low)}, {_number(d.high)}]')
+                    except ValueError:
+                        cells.append('–')
+                lines.append(f'| {v} | {steps[i]} ({f:.0%}) | ' + ' | '.join(cells) + ' |')
+
+    lines += ['', 'Curves (mean ± SE over seeds at each evaluation step):', '',
+              '| σ distribution | metric | ' + ' | '.join(map(str, steps)) + ' |',
+              '| --- | --- |' + ' --- |' * len(steps)]
+    for v in variants:
+        for m in keys:
+            values = np.array([results[dataset, v, s][m] for s in seeds])
+            lines.append(f'| {v} | {m} | ' + ' | '.join(_mean_se(values[:, i]) for i in range(len(steps))) + ' |')
+    lines.append('')
+
+
+def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None, variant_specs=None, tuning=None,
+              variants_file=VARIANTS_FILE):
+    """results.md and curves.png in `out` from `results` {(dataset, variant, seed): run}; `tuning`
+    {dataset: `choose_tuned`'s result} for the tuned baseline's table; `variant_specs`: `variants_file` loaded."""
+    import numpy as np
+
+    protocol, variant_specs = protocol or load_protocol(), variant_specs or load_variants(variants_file)
+    for seeds in seeds_by_dataset.values():
+        check_disjoint(seeds, protocol['tuning_seeds'])
+    baseline = protocol['baseline'] if protocol['baseline'] in variants else 'lognormal'
+    held_out = [d for d in datasets if d in protocol['held_out']]
+    development = [d for d in datasets if d not in held_out and d not in IMAGES]
+    images = [d for d in datasets if d in IMAGES]
+    classifiers = {d: check_one_classifier(results, d) for d in images}
+
+    lines = []
+    if protocol.get('label'):
+        lines += [f'**{protocol["label"]}**', '']
+    lines += [f'protocol {protocol["path"]} (sha256 {protocol["sha"]}); variants {variants_file} '
+              f'(sha256 {file_sha(variants_file)}); seeds per dataset: {seeds_by_dataset}; tuning seeds '
+              f'{protocol["tuning_seeds"]} (never reported)'
+              + ''.join(f'; {d} classifier {c or "not recorded"}' for d, c in classifiers.items()), '']
+    if tuning:
+        metrics = list(protocol['tuning']['metrics'])
+        lines += ['## Tuned lognormal', '',
+                  f'Grid P_mean {protocol["tuning"]["P_mean"]} × P_std {protocol["tuning"]["P_std"]}, each trained on the '
+                  f'tuning seeds {protocol["tuning_seeds"]}; final values averaged over them, ranked per metric; '
+                  'lowest mean rank chosen.', '',
+                  '| dataset | P_mean | P_std | ' + ' | '.join(METRICS.get(m, m) for m in metrics) + ' | mean rank | |',
+                  '| --- | --- | --- |' + ' --- |' * (len(metrics) + 2)]
+        for d in datasets:
+            if d not in tuning:
+                continue
+            for P_mean, P_std, means, rank in tuning[d]['rows']:
+                chosen = '**chosen**' if (P_mean, P_std) == (tuning[d]['P_mean'], tuning[d]['P_std']) else ''
+                lines.append(f'| {d} | {P_mean} | {P_std} | ' + ' | '.join(_number(means.get(m)) for m in metrics)
+                             + f' | {rank:.1f} | {chosen} |')
+        lines.append('')
+
+    joint, floors = {}, {}
+    for title, group in (('Development sets (explored before this protocol)', development),
+                         ('Held-out sets (no variant or setting chosen on them)', held_out), ('Images', images)):
+        if not group:
+            continue
+        lines += [f'## {title}', '']
+        for d in group:
+            floors[d] = None if d in IMAGES else exact_floors(d, seeds_by_dataset[d], protocol)
+            dataset_section(results, d, variants, baseline, seeds_by_dataset[d], protocol, floors[d], lines, joint)
+
+    toy = [d for d in datasets if d not in IMAGES]
+    family = [v for v in variants if variant_specs.get(v, {}).get('role') == 'cedm']
+    if toy and family and baseline != 'lognormal':
+        lines += ['## The goal (reported next to the measurement, not a condition)', '',
+                  f'An entropic-family density reaching {baseline}\'s final reverse KL and SWD (joint speed-up) '
+                  '≥ 1.5× faster on the tree and on the held-out sets, interval above 1.0, and never below 0.9× '
+                  '(median, any dataset, any speed-up fraction):', '']
+        for v in family:
+            lines.append(f'- {v}: {goal_verdict(joint[v], toy, held_out, protocol["speedup_fractions"])}')
+        lines.append('')
+
+    text = '\n'.join(lines) + '\n'
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / 'results.md').write_text(text)
+    print(text)
 
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4))
-    for ax, d in zip(np.atleast_1d(axes), datasets):
-        for v in variants:
-            ax.plot(*curves[d, v], 'o-', label=v, markersize=3)
-        ax.set(title=d, xlabel='training steps', ylabel=QUALITY['fd' if d in IMAGES else 'gap'], yscale='log')
-        ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 7), squeeze=False)
+    for column, d in enumerate(datasets):
+        rows = ['fd'] if d in IMAGES else ['kl', 'swd']
+        seeds = seeds_by_dataset[d]
+        for row, m in enumerate(rows):
+            ax = axes[row, column]
+            plotted = []
+            for v in variants:
+                steps = results[d, v, seeds[0]]['step']
+                plotted.append(np.median([results[d, v, s][m] for s in seeds], axis=0))
+                ax.plot(steps, plotted[-1], 'o-', label=v, markersize=3)
+            if floors.get(d):
+                plotted.append([np.median([f[m] for f in floors[d]])])
+                ax.axhline(plotted[-1][0], color='k', ls='--', lw=1, label='exact denoiser (floor)')
+            ax.set(title=f'{d}{" (held out)" if d in held_out else ""}', xlabel='training steps', xscale='log',
+                   ylabel=f'{METRICS[m]}, median over seeds')
+            # The k-NN KL can dip below 0 near the floor: then a scale linear around 0.
+            low = min(np.min(values) for values in plotted)
+            ax.set_yscale('log') if low > 0 else ax.set_yscale('symlog', linthresh=1e-2)
+            ax.grid(alpha=0.3)
+        if len(rows) == 1:
+            axes[1, column].axis('off')
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / 'curves.png', dpi=100)
+    fig.savefig(Path(out) / 'curves.png', dpi=100)
+    plt.close(fig)
+    return text
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
-    parser.add_argument('--datasets', nargs='+', default=['ring', 'tree', 'moons', 'swissroll'],
-                        choices=['ring', 'tree', 'moons', 'swissroll', 'gmm', 'mnist'])
-    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--steps', type=int, default=10000)
-    parser.add_argument('--evals', nargs='+', type=int, default=[1000, 2000, 4000, 6000, 8000, 10000])
-    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1)
-    parser.add_argument('--out', default='benchmarks/results/entropic_training')
+# ------------------------------------------------------------------------------------ the command
+
+def cached_results(out, jobs):
+    return {job: json.loads(run_path(out, *job).read_text()) for job in jobs}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--protocol', default=PROTOCOL, help=f'the protocol file (default {PROTOCOL})')
+    parser.add_argument('--variant-config', default=VARIANTS_FILE, help=f'the variants file (default {VARIANTS_FILE})')
+    parser.add_argument('--datasets', nargs='+', choices=list(TOY) + sorted(IMAGES),
+                        help="default: the protocol's development and held-out sets")
+    parser.add_argument('--variants', nargs='+', help="default: every variant of the variants file not marked default: false")
+    parser.add_argument('--seeds', nargs='+', type=int, help="default: the protocol's reported seeds")
+    parser.add_argument('--steps', type=int, help="default: the protocol's budget")
+    parser.add_argument('--evals', nargs='+', type=int, help="default: the protocol's fractions of --steps")
+    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1, help='runs in parallel')
+    parser.add_argument('--threads', type=int, help='torch threads per run (default: CPU cores ÷ workers; 1 '
+                        'on cores other jobs share: a toy step on 2 busy threads can be 10× slower than on 1)')
+    parser.add_argument('--out', default='benchmarks/results/entropic_training_v2',
+                        help='cache and summary folder (default: a fresh one; the runs in benchmarks/results/entropic_training predate the protocol)')
     parser.add_argument('--summarise-only', action='store_true', help='summarise the cached runs without training')
-    args = parser.parse_args()
-    if 'lognormal' not in args.variants:
-        parser.error('--variants must include lognormal (the baseline)')
-    if set(args.datasets) & IMAGES and any(v.endswith('-oracle') for v in args.variants):
+    args = parser.parse_args(argv)
+    try:
+        protocol = load_protocol(args.protocol)
+        variant_specs = load_variants(args.variant_config)
+    except ValueError as e:
+        parser.error(str(e))
+    specs = variant_specs
+    datasets = args.datasets or protocol['development'] + protocol['held_out']
+    variants = args.variants or [v for v, spec in specs.items() if spec['default']]
+    unknown = [v for v in variants if v not in specs]
+    if unknown:
+        parser.error(f'--variants: {unknown} not in {args.variant_config} ({", ".join(specs)})')
+    seeds, steps = args.seeds or protocol['seeds'], args.steps or protocol['steps']
+    try:
+        check_disjoint(seeds, protocol['tuning_seeds'])
+        evals = sorted(args.evals) if args.evals else eval_steps(protocol, steps)
+    except ValueError as e:
+        parser.error(f'--seeds/--steps: {e}')
+    if protocol['baseline'] not in variants and 'lognormal' not in variants:
+        parser.error(f'--variants must include the baseline {protocol["baseline"]} (or lognormal)')
+    if set(datasets) & IMAGES and any(specs[v]['oracle'] for v in variants):
         parser.error('--variants: the oracle variants need an exact mixture (toy data only)')
+    if not args.summarise_only and evals[-1] != steps:
+        parser.error(f'--evals: the last evaluation must be the last step ({steps})')
     out = Path(args.out)
+    tuned_variants = [v for v in variants if specs[v]['tuned']]
+    tuning_jobs = [(d, grid_variant(*p), s) for d in datasets for p in tuning_grid(protocol)
+                   for s in protocol['tuning_seeds']] if tuned_variants else []
+
     if args.summarise_only:  # from the cached runs, over the seeds every dataset and variant has
-        cached = lambda d, v, s: out / 'runs' / f'{d}-{v}-{s}.json'
-        seeds = {d: [s for s in args.seeds if all(cached(d, v, s).is_file() for v in args.variants)] for d in args.datasets}
-        for d in args.datasets:
+        missing = [job for job in tuning_jobs if not run_path(out, *job).is_file()]
+        if missing:
+            parser.error(f'--summarise-only: {len(missing)} tuning runs not cached in {out / "tuning"}, e.g. {missing[0]}')
+        tuning_results = cached_results(out, tuning_jobs)
+        tuning = {d: choose_tuned(tuning_results, d, protocol) for d in datasets} if tuned_variants else {}
+        seeds = {d: [s for s in seeds if all(run_path(out, d, v, s).is_file() for v in variants)] for d in datasets}
+        for d in datasets:
             if not seeds[d]:
                 parser.error(f'--summarise-only: no seed of {d} has a cached run of every variant in {out / "runs"}')
-        results = {(d, v, s): json.loads(cached(d, v, s).read_text())
-                   for d in args.datasets for s in seeds[d] for v in args.variants}
-        return summarise(results, args.datasets, args.variants, seeds, out)
-    jobs = [(d, v, s) for s in args.seeds for d in args.datasets for v in args.variants]
-    if set(args.datasets) & IMAGES:  # once, before the workers would race to train it
+        results = cached_results(out, [(d, v, s) for d in datasets for s in seeds[d] for v in variants])
+        for (d, v, s), result in results.items():  # the tuned runs were trained with today's choice
+            expected = run_settings(d, v, s, result.get('settings', {}).get('steps'), protocol, specs, tuning.get(d))
+            if result.get('settings') != expected:
+                raise SystemExit(f'{run_path(out, d, v, s)}: trained with {result.get("settings")}, '
+                                 f'but the protocol and tuning now give {expected}')
+        return summarise(results, datasets, variants, seeds, out, protocol, specs, tuning, args.variant_config)
+
+    if set(datasets) & IMAGES:  # once, before the workers would race to train it
         from datasets import build_dataset
-        from training.config import load_config
-        classifier_path(build_dataset(load_config(CONFIGS['mnist']).data))
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+        classifier_path(build_dataset(load_dataset_config('mnist', protocol).data))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    jobs = [(d, v, s) for s in seeds for d in datasets for v in variants if v not in tuned_variants]
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = {job: pool.submit(run_one, *job, args.steps, set(args.evals), out, threads) for job in jobs}
+        submit = lambda job, tuned=None: pool.submit(run_one, *job, steps, set(evals), out, threads, protocol,
+                                                     specs, tuned)
+        tuning_futures = {job: submit(job) for job in tuning_jobs}  # first: the tuned runs wait for them
+        futures = {job: submit(job) for job in jobs}
+        tuning_results = {job: f.result() for job, f in tuning_futures.items()}
+        tuning = {d: choose_tuned(tuning_results, d, protocol) for d in datasets} if tuned_variants else {}
+        futures.update({(d, v, s): submit((d, v, s), tuning[d]) for s in seeds for d in datasets for v in tuned_variants})
         results = {job: f.result() for job, f in futures.items()}
-    summarise(results, args.datasets, args.variants, {d: args.seeds for d in args.datasets}, out)
+    return summarise(results, datasets, variants, {d: seeds for d in datasets}, out, protocol, specs, tuning,
+                     args.variant_config)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ import torch
 
 from .images import ImageData, mnist_5k, tiny_imagenet, torchvision_data
 from .mixture import GaussianMixture, PointSet
-from .toy import Checkerboard, MixtureData, moons, ring, swissroll, tree
+from .toy import Checkerboard, MixtureData, moons, multiscale, pinwheel, ring, swissroll, tree
 
 DATASETS = {}
 
@@ -29,6 +29,8 @@ register('ring')(lambda data: MixtureData('ring', ring()))
 register('moons')(lambda data: MixtureData('moons', moons()))
 register('swissroll')(lambda data: MixtureData('swissroll', swissroll()))
 register('tree')(lambda data: MixtureData('tree', tree(depth=data.depth)))
+register('pinwheel')(lambda data: MixtureData('pinwheel', pinwheel()))
+register('multiscale')(lambda data: MixtureData('multiscale', multiscale(seed=data.mixture_seed)))
 register('checkerboard')(lambda data: Checkerboard())
 register('mnist-5k')(lambda data: mnist_5k(data.resolution))
 

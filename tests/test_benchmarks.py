@@ -1,8 +1,9 @@
 """The benchmarks' own arithmetic: train_overhead.py's windows; the MNIST path of entropic_training.py, its
-quality number, one cached run and the classifier it was measured with; the toy path beside its
-exact-denoiser floor."""
+quality number, one cached run and the classifier it was measured with; the toy path's protocol (held-out
+sets, tuning seeds never reported, settings fixed in files), its statistics and a tiny run end to end."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
     entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
     table = (out / 'results.md').read_text()
     assert f'mnist classifier {fingerprint}' in table.splitlines()[0]
-    assert '| mnist (1 seeds, classifier Fréchet distance) | structure |' in table
+    assert '### mnist — 1 seeds (0), 4 steps, baseline lognormal' in table
+    assert f"| structure | {results['mnist', 'structure', 0]['fd'][-1]:.3g} ± – |" in table
     assert (out / 'curves.png').is_file()
 
     # Another machine's classifier: its distances are in other features, so the cache is refused...
@@ -113,23 +115,231 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
         entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
 
 
-def test_summarising_without_cached_runs_names_what_is_missing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, 'argv', ['entropic_training.py', '--summarise-only', '--datasets', 'ring', '--out', str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------- toy protocol
+
+TINY_PROTOCOL = """
+label: TINY
+development: [ring]
+held_out: [pinwheel, multiscale]
+multiscale_seed: 20
+steps: 8
+eval_fractions: [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+speedup_fractions: [0.25, 0.5, 1.0]
+seeds: [0, 1]
+tuning_seeds: [100]
+tuning: {P_mean: [-2.2, -1.2], P_std: [1.0], metrics: [kl, swd]}
+evaluation: {samples: 300, heldout: 100, nll_points: 8, nll_noise: 1, knn_k: 3}
+baseline: lognormal-tuned
+"""
+
+
+def tiny_protocol(tmp_path, text=TINY_PROTOCOL):
+    path = tmp_path / 'protocol.yaml'
+    path.write_text(text)
+    return path
+
+
+def test_committed_protocol_and_variants_fix_the_settings():
+    protocol = entropic_training.load_protocol()
+    variants = entropic_training.load_variants()
+    assert set(protocol['held_out']) == {'pinwheel', 'multiscale'}
+    assert not set(protocol['seeds']) & set(protocol['tuning_seeds']) and len(protocol['seeds']) >= 5
+    evals = entropic_training.eval_steps(protocol, protocol['steps'])
+    assert max(b - a for a, b in zip([0] + evals, evals)) <= 0.1 * protocol['steps']
+    assert {0.25, 0.5, 1.0} <= {e / protocol['steps'] for e in evals}
+    assert {'entropic', 'rescaled', 'gated', 'structure', 'rescaled-structure', 'importance'} <= {
+        v for v, spec in variants.items() if spec['role'] == 'cedm' and spec['default']}
+    assert {'lognormal-tuned', 'lognormal', 'loguniform'} <= {v for v, s in variants.items() if s['role'] == 'baseline'}
+    # Every cedm variant spells out its whole profile: a changed NoiseConfig default cannot move it.
+    for v, spec in variants.items():
+        if spec['role'] == 'cedm':
+            assert spec['noise']['P_mean'] == -1.2 and spec['noise']['warmup_steps'] == 1000, v
+    overrides = entropic_training.noise_overrides(variants, 'gated')
+    assert 'noise.gate_c=0.1' in overrides and 'noise.density="entropic"' in overrides
+    assert 'noise.gate_c=null' in entropic_training.noise_overrides(variants, 'structure')
+    with pytest.raises(ValueError, match='needs the tuning result'):
+        entropic_training.noise_overrides(variants, 'lognormal-tuned')
+    tuned = entropic_training.noise_overrides(variants, 'lognormal-tuned', {'P_mean': -2.2, 'P_std': 0.8})
+    assert tuned == ['noise.name="lognormal"', 'noise.P_mean=-2.2', 'noise.P_std=0.8']
+    assert entropic_training.noise_overrides(variants, entropic_training.grid_variant(-3.0, 1.6)) == [
+        'noise.name="lognormal"', 'noise.P_mean=-3.0', 'noise.P_std=1.6']
+
+
+def test_held_out_builders_are_valid_mixtures_fixed_by_their_seed():
+    from datasets.toy import multiscale, pinwheel
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1)
+    a = multiscale(seed=20)
+    torch.manual_seed(2)
+    b = multiscale(seed=20)
+    assert torch.equal(torch.random.get_rng_state(), torch.manual_seed(2).get_state())  # the global stream untouched
+    torch.random.set_rng_state(state)
+    assert torch.equal(a.means, b.means) and torch.equal(a.covs, b.covs) and torch.equal(a.weights, b.weights)
+    assert not torch.allclose(multiscale(seed=21).means[:3], a.means[:3])  # the seed draws the mixture
+    for mixture in (pinwheel(), a, multiscale(seed=0)):
+        assert torch.isfinite(mixture.means).all() and (mixture.weights > 0).all()
+        assert mixture.weights.sum().item() == pytest.approx(1.0)
+        assert torch.allclose(mixture.covs, mixture.covs.transpose(1, 2))
+        assert torch.linalg.eigvalsh(mixture.covs).min() > 1e-5  # non-singular: log p, occupancy defined
+        rms = math.sqrt(mixture.covariance().trace().item() / 2)
+        assert 0.5 < rms < 1.0, rms  # about the ring's scale (0.71), as the EDM preconditioning expects
+        x = mixture.sample(2000, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(mixture.log_prob(x.double())).all() and torch.isfinite(mixture.denoise(x, 0.1)).all()
+    # Multi-scale: component spacings from about the leaf width to the cluster spread.
+    distances = torch.cdist(a.means, a.means) + torch.eye(len(a.means)) * 1e9
+    assert distances.min(1).values.median() < 0.15 < 0.8 < distances[distances < 1e8].max()
+    # The pinwheel: 5 arms, the mixture unchanged by a rotation of 2π/5.
+    p = pinwheel()
+    c, s = math.cos(2 * math.pi / 5), math.sin(2 * math.pi / 5)
+    rotated = p.means @ torch.tensor([[c, s], [-s, c]], dtype=torch.float64)
+    assert torch.cdist(rotated, p.means).min(1).values.max() < 1e-6
+    # Arms elongated along the curve: each component's long axis is along the chain to its neighbour.
+    long_axis = p.bases[:, :, -1]
+    step = p.means[1] - p.means[0]
+    assert abs(long_axis[0] @ step) / step.norm() > 0.95
+
+
+def test_held_out_sets_train_as_the_builders_mixture(tmp_path):
+    from datasets import build_dataset
+    from datasets.toy import multiscale, pinwheel
+
+    protocol = entropic_training.load_protocol(tiny_protocol(tmp_path))
+    for dataset, expected in (('pinwheel', pinwheel()), ('multiscale', multiscale(seed=20))):
+        mixture = build_dataset(entropic_training.load_dataset_config(dataset, protocol).data).mixture
+        for name in ('weights', 'means', 'covs'):
+            assert torch.allclose(getattr(mixture, name), getattr(expected, name), rtol=1e-6, atol=1e-9), (dataset, name)
+    other = entropic_training.load_protocol(tiny_protocol(tmp_path, TINY_PROTOCOL.replace('multiscale_seed: 20', 'multiscale_seed: 3')))
+    assert torch.allclose(entropic_training.held_out_mixture('multiscale', other).means, multiscale(seed=3).means)
+    assert entropic_training.data_overrides('ring', protocol) == []
+
+
+def test_tuning_seeds_are_never_reported(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r'seeds \[100\] are tuning seeds'):
+        entropic_training.load_protocol(tiny_protocol(tmp_path, TINY_PROTOCOL.replace('seeds: [0, 1]', 'seeds: [0, 100]')))
+    path = tiny_protocol(tmp_path)
+    protocol, variants = entropic_training.load_protocol(path), entropic_training.load_variants()
     with pytest.raises(SystemExit):
-        entropic_training.main()
+        entropic_training.main(['--protocol', str(path), '--seeds', '0', '100', '--out', str(tmp_path / 'out')])
+    assert 'seeds [100] are tuning seeds' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+    with pytest.raises(ValueError, match='are tuning seeds'):  # every run, whoever starts it
+        entropic_training.run_settings('ring', 'lognormal', 100, 8, protocol, variants)
+    with pytest.raises(ValueError, match='tuning-grid runs use the tuning seeds'):
+        entropic_training.run_settings('ring', entropic_training.grid_variant(-2.2, 1.0), 0, 8, protocol, variants)
+    with pytest.raises(ValueError, match='are tuning seeds'):
+        entropic_training.summarise({}, ['ring'], ['lognormal'], {'ring': [0, 100]}, tmp_path, protocol, variants)
+
+
+def fake_run(steps, **curves):
+    return {'step': steps, **curves, 'sigma_q10_50_90': [[0.01, 0.1, 1.0]] * len(steps)}
+
+
+def test_the_tuned_lognormal_is_chosen_on_the_tuning_seeds_only(tmp_path):
+    protocol = entropic_training.load_protocol(tiny_protocol(tmp_path, TINY_PROTOCOL.replace('P_std: [1.0]', 'P_std: [1.0, 2.0]')))
+    a, b, c, d = [entropic_training.grid_variant(m, s) for m in (-2.2, -1.2) for s in (1.0, 2.0)]
+    final = {  # (kl, swd) at the last step of each grid point's run
+        (a, 100): (0.2, 0.02), (b, 100): (0.1, 0.05), (c, 100): (0.3, 0.01), (d, 100): (0.4, 0.04),
+        # the reported seeds would pick d
+        (a, 0): (9, 9), (b, 0): (9, 9), (c, 0): (9, 9), (d, 0): (0.01, 0.001),
+    }
+    results = {('ring', v, s): fake_run([4, 8], kl=[1, kl], swd=[1, swd]) for (v, s), (kl, swd) in final.items()}
+    choice = entropic_training.choose_tuned(results, 'ring', protocol)
+    # ranks (kl, swd): a (2, 2), b (1, 4), c (3, 1), d (4, 3) -> means 2, 2.5, 2, 3.5; a and c tie, a has the lower kl
+    assert (choice['P_mean'], choice['P_std']) == (-2.2, 1.0)
+    assert [row[3] for row in choice['rows']] == [2.0, 2.5, 2.0, 3.5]
+    del results['ring', c, 100]
+    with pytest.raises(KeyError, match='tuning runs missing'):
+        entropic_training.choose_tuned(results, 'ring', protocol)
+
+
+def test_speedups_are_per_seed_and_joint_needs_both_metrics():
+    steps = [1000, 2000, 4000]
+    # Seed 0: the variant reaches the baseline's final KL at 2000 (2x) but its SWD only at 4000 (1x).
+    # Seed 1: the variant reaches both at 1000 (4x).
+    results = {
+        ('tree', 'base', 0): fake_run(steps, kl=[4.0, 2.0, 1.0], swd=[0.4, 0.2, 0.1]),
+        ('tree', 'var', 0): fake_run(steps, kl=[3.0, 1.0, 0.5], swd=[0.4, 0.2, 0.1]),
+        ('tree', 'base', 1): fake_run(steps, kl=[40.0, 20.0, 10.0], swd=[0.8, 0.6, 0.5]),
+        ('tree', 'var', 1): fake_run(steps, kl=[10.0, 9.0, 8.0], swd=[0.5, 0.4, 0.3]),
+    }
+    ups = entropic_training.speedups(results, 'tree', 'var', 'base', [0, 1], [0.3, 0.5, 1.0])
+    assert ups['kl', 1.0].median == pytest.approx((2 + 4) / 2)
+    assert ups['swd', 1.0].median == pytest.approx((1 + 4) / 2)
+    assert ups['joint', 1.0].median == pytest.approx((1 + 4) / 2)  # both metrics reached: the later of the two
+    # At 50%: seed 0's variant crosses 2.0 halfway from 3 to 1, at 1000·√2 in log steps (2000/1414), seed 1's at 1000.
+    assert ups['kl', 0.5].median == pytest.approx((2 / math.sqrt(2) + 2) / 2)
+    assert ups['kl', 0.3] is None  # no evaluation at 30% of 4000 steps
+    # Curves averaged over seeds before the ratio would give another number: the mean base KL curve reaches
+    # its final 5.5 at 4000, the mean variant curve at 1587 (2.52x), where the per-seed ratios are 2 and 4.
+    verdict = entropic_training.goal_verdict
+    from benchmarks.seed_statistics import MedianInterval
+    good = {(d, f): MedianInterval(2.0, 1.2, 3.0) for d in ('tree', 'pinwheel', 'ring') for f in (0.25, 0.5, 1.0)}
+    assert verdict(good, ['ring', 'tree', 'pinwheel'], ['pinwheel'], [0.25, 0.5, 1.0]) == 'met'
+    assert verdict({**good, ('pinwheel', 1.0): MedianInterval(2.0, 0.95, 3.0)}, ['ring', 'tree', 'pinwheel'],
+                   ['pinwheel'], [0.25, 0.5, 1.0]).startswith('not met (pinwheel 100%')
+    assert 'ring 25%: median 0.85 < 0.9' in verdict({**good, ('ring', 0.25): MedianInterval(0.85, 0.5, 1.0)},
+                                                    ['ring', 'tree', 'pinwheel'], ['pinwheel'], [0.25, 0.5, 1.0])
+
+
+def test_table_cells_give_the_standard_error_with_ddof_1():
+    assert entropic_training._mean_se([1.0, 3.0]) == '2 ± 1'  # std (ddof=1) √2 over √2 seeds; ddof=0 would give 0.71
+    assert entropic_training._mean_se([0.5]) == '0.5 ± –'  # one seed: no standard error
+    assert entropic_training._mean_se([1.0, math.inf]) == '∞ (a seed non-finite)'
+
+
+def test_summarising_without_cached_runs_names_what_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        entropic_training.main(['--summarise-only', '--datasets', 'ring', '--out', str(tmp_path)])
+    assert f'tuning runs not cached in {tmp_path / "tuning"}' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        entropic_training.main(['--summarise-only', '--datasets', 'ring', '--variants', 'lognormal', 'structure',
+                                '--out', str(tmp_path)])
     assert f'no seed of ring has a cached run of every variant in {tmp_path / "runs"}' in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_toy_runs_are_summarised_beside_the_exact_denoisers_floor(tmp_path):
-    floor, = entropic_training.exact_floors('ring', [0])
-    # The evaluation's own sampler with the exact denoiser lands on the 8 modes: a small gap.
-    assert 0 < floor['gap'] < 0.2, floor
-    out, results = tmp_path / 'bench', {}
-    for variant in ('lognormal', 'structure'):
-        results['ring', variant, 0] = entropic_training.run_one('ring', variant, 0, steps=20, evals={20}, out=out)
-        assert results['ring', variant, 0]['step'] == [20]
-        assert results['ring', variant, 0]['gap'][0] > 10 * floor['gap']  # 20 steps train nothing yet
-    entropic_training.summarise(results, ['ring'], ['lognormal', 'structure'], {'ring': [0]}, out)
-    row = next(line for line in (out / 'results.md').read_text().splitlines() if 'exact denoiser (floor)' in line)
-    assert f"| {floor['gap']:.3f}±0.000 at every step | {floor['swd']:.4f} |" in row
+def test_tiny_toy_benchmark_end_to_end(tmp_path, capsys):
+    """Tuning on its own seed, the tuned and default lognormal on two reported seeds, a development and a
+    held-out set: every metric at every evaluation, the floors, a summary that --summarise-only reproduces."""
+    path, out = tiny_protocol(tmp_path), tmp_path / 'bench'
+    args = ['--protocol', str(path), '--datasets', 'ring', 'pinwheel', '--variants', 'lognormal-tuned', 'lognormal',
+            '--workers', '1', '--threads', '1', '--out', str(out)]
+    entropic_training.main(args)
+    runs = sorted(p.name for p in (out / 'runs').iterdir())
+    assert runs == sorted(f'{d}-{v}-{s}.json' for d in ('ring', 'pinwheel') for v in ('lognormal', 'lognormal-tuned')
+                          for s in (0, 1))
+    assert len(list((out / 'tuning').iterdir())) == 4 and all('-100.json' in p.name for p in (out / 'tuning').iterdir())
+    run = json.loads((out / 'runs' / 'pinwheel-lognormal-tuned-0.json').read_text())
+    assert run['step'] == [1, 2, 3, 4, 5, 6, 7, 8]
+    for key in ('kl', 'swd', 'mmd', 'nll', 'occupancy_kl', 'cross_entropy'):
+        assert len(run[key]) == 8 and all(math.isfinite(v) for v in run[key]), key
+    tuned = [s for s in run['settings']['noise'] if 'P_mean' in s]
+    assert tuned in (['noise.P_mean=-2.2'], ['noise.P_mean=-1.2'])
+
+    floors = entropic_training.exact_floors('pinwheel', [0, 1], entropic_training.load_protocol(path))
+    assert all(f['kl'] < 0.5 and abs(f['nll']) < 0.5 for f in floors), floors
+    assert run['kl'][-1] > floors[0]['kl'] + 1 and run['nll'][-1] > floors[0]['nll'] + 0.5  # 8 steps train nothing yet
+
+    table = (out / 'results.md').read_text()
+    assert table.startswith('**TINY**')
+    development, held_out = table.split('## Held-out sets')
+    assert '### ring' in development and '### pinwheel' not in development and '### pinwheel' in held_out
+    for column in ('reverse KL(q‖p) (nats)', 'SWD', 'MMD²', 'held-out NLL − H(p) (nats, I-MMSE bound)',
+                   'mode occupancy KL (nats)', 'cross-entropy E_q[−log p] − H(p) (nats; not a divergence)'):
+        assert column in table
+    assert f"| exact denoiser (floor) | {entropic_training._mean_se([f['kl'] for f in floors])} |" in held_out
+    assert '| lognormal | 2 (25%) |' in table and 'Δ kl' in table  # paired differences at the speed-up fractions
+    assert '| dataset | P_mean | P_std |' in table and '**chosen**' in table
+
+    first = table
+    (out / 'results.md').unlink()
+    entropic_training.main(args + ['--summarise-only'])
+    assert (out / 'results.md').read_text() == first  # every number reproduced from the cache
+
+    # A cached run is refused once the protocol would score it otherwise.
+    path.write_text(TINY_PROTOCOL.replace('samples: 300', 'samples: 200'))
+    with pytest.raises(SystemExit, match='trained or scored with other settings'):
+        entropic_training.main(args)

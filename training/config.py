@@ -51,8 +51,12 @@ class DataConfig:
     covs: Optional[list[list[list[float]]]] = None
     # tree: number of binary branchings.
     depth: int = 6
+    # multiscale: the seed its random multi-scale mixture is drawn from (a held-out set of the benchmark).
+    mixture_seed: int = 20
 
     def validate(self):
+        if self.mixture_seed < 0:
+            raise ConfigError(f"data.mixture_seed: must be >= 0 (got {self.mixture_seed})")
         if self.name == 'gmm':
             if self.weights is None or self.means is None:
                 raise ConfigError("data: name 'gmm' needs data.weights [K] and data.means [K,2]")
