@@ -215,7 +215,9 @@ class EDMModule(L.LightningModule):
         per_sample, sq_err = edm_loss(self.denoiser, x0, sigma, generator=self.data_generator, class_labels=labels)
         if network.learned_weighting:  # EDM2: per-σ uncertainty u(σ), loss L/e^u + u
             per_sample = uncertainty_weighted_loss(per_sample, self.denoiser.logvar(sigma))
-        per_sample = per_sample * self.noise.loss_weight(sigma)
+        weight = self.noise.loss_weight(sigma)
+        if weight is not None:
+            per_sample = per_sample * weight
         return sigma, per_sample, sq_err
 
     def training_step(self, batch, batch_idx):
@@ -338,13 +340,14 @@ class EDMModule(L.LightningModule):
             return
         tb = self.logger.experiment
         s = self.config.sample
-        x = self.sampling_model().sample(s.num, seed=0)
+        model = self.sampling_model()
+        x = model.sample(s.num, seed=0)
         if len(self.dataset.shape) == 3:
             tb.add_image('samples', plots.image_grid(x), step)
             t = self.config.trainer
             if t.probe:  # its own generators: the training streams are untouched
                 tb.add_scalar('eval/probe_accuracy', probe_accuracy(
-                    self.sampling_model(), sigma=t.probe_sigma, num_train=t.probe_train, num_test=t.probe_test,
+                    model, sigma=t.probe_sigma, num_train=t.probe_train, num_test=t.probe_test,
                     seed=self.config.seed)['accuracy'], step)
         else:
             reference = self.dataset.sample(s.num, generator=rng.generator(self.device, self.config.seed, 2**16))

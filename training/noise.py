@@ -4,7 +4,8 @@
   (no host synchronisation), so runs are reproducible per rank;
 - `log_density(sigma)` -> log p(log σ): the density *per log σ* (not per σ; the two differ by
   a factor σ), used for plots and importance weights;
-- `loss_weight(sigma)` -> the factor on each sample's loss (1 but for importance-weighted entropic σ).
+- `loss_weight(sigma)` -> the factor [n] on each sample's loss, or None for none (all but importance-weighted
+  entropic σ), so that the training step adds no operation for it.
 
 Each is built from the config's `noise` section by a builder registered in NOISE (the config's
 `noise.name` and `noise.base` accept these names); `entropic` wraps one of them (`EntropicNoise`).
@@ -29,7 +30,7 @@ def register(name):
 
 class SigmaDistribution:
     def loss_weight(self, sigma):
-        return 1.0
+        return None
 
 
 class LogNormal(SigmaDistribution):
@@ -128,7 +129,7 @@ class EntropicNoise(SigmaDistribution):
 
     def loss_weight(self, sigma):
         if self.weighting != 'importance' or not self.active:
-            return 1.0
+            return None
         return (self.base.log_density(sigma) - self.log_density(sigma)).exp()
 
 
