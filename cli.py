@@ -16,11 +16,12 @@ from pathlib import Path
 
 from errors import CheckpointError, ConfigError, DataError, FidelityError, RunStopped, UsageError
 
-# The names of sampling.SOLVERS, sampling.SCHEDULES and entropy.profile.PROFILE_SCHEDULES, kept here
+# The names of sampling.SOLVERS, sampling.SCHEDULES, entropy.profile.PROFILE_SCHEDULES and the surrogate schedule, kept here
 # so that --help needs no torch; tests/test_usage.py checks that they match the registries.
 SOLVER_NAMES = ('ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'heun')
 SCHEDULE_NAMES = ('karras', 'loglinear', 'vp')
 PROFILE_SCHEDULE_NAMES = ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure')
+SURROGATE_SCHEDULE_NAME = 'surrogate'
 
 
 
@@ -154,8 +155,9 @@ def add_sampler_args(parser):
     parser.add_argument('--num', type=int, help="number of samples (sample.py: the config's sample.num; metrics.py: 5000)")
     parser.add_argument('--steps', type=int, help='sampler steps (heun: 2*steps-1 denoiser calls)')
     parser.add_argument('--solver', choices=SOLVER_NAMES, help='ODE/SDE solver')
-    parser.add_argument('--schedule', choices=SCHEDULE_NAMES + PROFILE_SCHEDULE_NAMES,
-                        help=f"σ discretisation; {', '.join(PROFILE_SCHEDULE_NAMES)} use the checkpoint's profile")
+    parser.add_argument('--schedule', choices=SCHEDULE_NAMES + PROFILE_SCHEDULE_NAMES + (SURROGATE_SCHEDULE_NAME,),
+                        help=f"σ discretisation; {', '.join(PROFILE_SCHEDULE_NAMES)} and {SURROGATE_SCHEDULE_NAME} use "
+                             f"the checkpoint's profile ({SURROGATE_SCHEDULE_NAME}: fitted to --solver; see the README)")
     parser.add_argument('--estimate-profile', action='store_true',
                         help='re-estimate the entropy profile offline with the model itself on fresh data')
     parser.add_argument('--sigma-min', type=float)

@@ -8,7 +8,7 @@ with the training σ density, H(σ) − H(σ_min), and the entropic and rescaled
 overrides, so a measured profile can be exported as a fixed training schedule.
 """
 
-from cli import (PROFILE_SCHEDULE_NAMES, Parser, UsageError, check_checkpoint_path, check_device,
+from cli import (PROFILE_SCHEDULE_NAMES, SURROGATE_SCHEDULE_NAME, Parser, UsageError, check_checkpoint_path, check_device,
                  check_output_file, load_for_sampling, main_guard, output_path)
 
 
@@ -35,7 +35,8 @@ def main(argv=None):
     if not model.profile.num_refreshes and not args.estimate_profile:
         raise UsageError(f'--ckpt: {args.ckpt}: its profile was never refreshed (noise.refresh_every); '
                          'give --estimate-profile to measure one with the model')
-    schedules = {name: model.sigmas(args.steps, name) for name in ('karras', 'loglinear', *PROFILE_SCHEDULE_NAMES)}
+    schedules = {name: model.sigmas(args.steps, name)
+                 for name in ('karras', 'loglinear', *PROFILE_SCHEDULE_NAMES, SURROGATE_SCHEDULE_NAME)}
     out.parent.mkdir(parents=True, exist_ok=True)
     trained = build_noise(model.config.noise, model.profile).log_density  # the density the run drew σ from
     plots.save(plots.profile_figure(model.profile, schedules, training_log_density=trained), out)

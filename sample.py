@@ -110,7 +110,7 @@ def progress(args, model, total, rank=0):
 
     bar = tqdm(total=total, unit='img' if model.is_image_model else 'sample', desc='sample', dynamic_ncols=True,
                disable=args.quiet or rank != 0)
-    return bar, len(model.sigmas(args.steps, args.schedule, args.sigma_min, args.sigma_max, args.rho)) - 1
+    return bar, args.steps or model.config.sample.steps  # every schedule has as many steps as asked for
 
 
 def advance(bar, size, steps, i):

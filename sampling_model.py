@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import sampling
-from entropy import PROFILE_SCHEDULES, EntropyProfile
+from entropy import PROFILE_SCHEDULES, SURROGATE_SCHEDULE, EntropyProfile, surrogate_sigmas
 from errors import CheckpointError
 from networks import build_denoiser
 from training.checkpoint import first_line, read_checkpoint
@@ -111,11 +111,14 @@ class SamplingModel:
         if isinstance(class_label, str) or not 0 <= class_label < self.num_classes:
             raise ValueError(f'must be in 0..{self.num_classes - 1} (got {class_label})')
 
-    def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None):
-        """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config."""
+    def sigmas(self, steps=None, schedule=None, sigma_min=None, sigma_max=None, rho=None, solver=None):
+        """The sampler's σ discretisation (decreasing, ending in 0); defaults from the config. `solver`
+        matters only to the surrogate schedule, which is fitted for it."""
         s = self.config.sample
         kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
         schedule = schedule or s.schedule
+        if schedule == SURROGATE_SCHEDULE:
+            return surrogate_sigmas(self.profile, steps or s.steps, solver or s.solver, **kwargs)
         if schedule in PROFILE_SCHEDULES:
             return self.profile.sigmas(steps or s.steps, kind=PROFILE_SCHEDULES[schedule], **kwargs)
         if schedule == 'karras':
@@ -158,7 +161,7 @@ class SamplingModel:
         else:
             generator = sampling.SeedGenerator(seeds, self.device)
             noise = generator.randn((len(generator), *self.shape), device=self.device)
-        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho).to(self.device)
+        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, rho, solver).to(self.device)
         if isinstance(class_label, str):
             self.check_class_label(class_label)
             class_label = (generator.randint(self.num_classes, device=self.device) if seeds is not None else

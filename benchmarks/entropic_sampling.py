@@ -25,12 +25,13 @@ import torch
 import sampling
 from datasets import build_dataset
 from entropy.profile import EntropyProfile
+from entropy.surrogate import surrogate_sigmas
 from evaluation.divergence import reverse_kl
 from evaluation.metrics import sliced_wasserstein
 from sampling_model import load_model
 from training.config import DataConfig
 
-SCHEDULES = ('karras', 'loglinear', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure')
+SCHEDULES = ('karras', 'loglinear', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure', 'surrogate')
 PROFILE_KINDS = {'entropic': 'entropic', 'rescaled-entropic': 'rescaled', 'structure': 'structure',
                  'rescaled-structure': 'rescaled-structure'}
 SOLVERS = ('euler', 'heun', 'dpmpp_2m')
@@ -38,7 +39,9 @@ SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 METRICS = ('kl', 'swd')
 
 
-def schedule(name, profile, steps):
+def schedule(name, profile, steps, solver):
+    if name == 'surrogate':
+        return surrogate_sigmas(profile, steps, solver, SIGMA_MIN, SIGMA_MAX)
     if name == 'karras':
         return sampling.karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX, rho=7.0)
     if name == 'loglinear':
@@ -62,7 +65,7 @@ def evaluate(label, denoiser, mixture, nfes, num, draws, exact):
             for nfe in nfes:
                 steps = (nfe + 1) // 2 if solver == 'heun' else nfe
                 for name in SCHEDULES:
-                    x = sampling.sample(denoiser, noise, schedule(name, profile, steps), solver)
+                    x = sampling.sample(denoiser, noise, schedule(name, profile, steps, solver), solver)
                     row = {'model': label, 'solver': solver, 'nfe': 2 * steps - 1 if solver == 'heun' else steps,
                            'schedule': name, 'draw': draw, 'kl': reverse_kl(x, mixture.log_prob).kl,
                            'swd': sliced_wasserstein(x, truth, generator=torch.Generator().manual_seed(3000 + draw))}

@@ -21,3 +21,16 @@ def tiny_run(tmp_path_factory):
     train.main(['trainer.max_steps=70', 'trainer.ckpt_every=30', 'trainer.plot_every=30', 'trainer.log_every=10',
                 'trainer.progress_bar=false', 'sample.num=200', 'trainer.batch_size=128', 'ema.update_after_step=10', f'run_dir={run_dir}'])
     return run_dir
+
+
+@pytest.fixture(scope='session')
+def tiny_mnist_ckpt(tmp_path_factory):
+    """A 2-step class-conditional MNIST run of the ddpmpp-tiny UNet (mnist-5k, no download); returns the
+    path of its last.ckpt."""
+    import train
+
+    run_dir = tmp_path_factory.mktemp('mnist') / 'tiny'
+    train.main(['--config', 'configs/mnist/small.yaml', 'network.preset=ddpmpp-tiny', 'trainer.max_steps=2',
+                'trainer.batch_size=4', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
+                'noise.spectrum_samples=256', f'run_dir={run_dir}'])
+    return str(run_dir / 'checkpoints' / 'last.ckpt')

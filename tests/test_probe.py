@@ -204,14 +204,9 @@ def test_probe_flag_errors_are_one_line(argv, message, capsys, tmp_path):
     assert message in _one_line(capsys, ['--ckpt', str(tmp_path / 'none.ckpt'), *argv])
 
 
-@pytest.fixture(scope='module')
-def mnist_ckpt(tmp_path_factory):
-    import train
-    run_dir = tmp_path_factory.mktemp('probe') / 'mnist'
-    train.main(['--config', 'configs/mnist/small.yaml', 'network.preset=ddpmpp-tiny', 'trainer.max_steps=2',
-                'trainer.batch_size=4', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
-                'noise.spectrum_samples=256', f'run_dir={run_dir}'])
-    return str(run_dir / 'checkpoints' / 'last.ckpt')
+@pytest.fixture
+def mnist_ckpt(tiny_mnist_ckpt):
+    return tiny_mnist_ckpt
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def test_structure_density_trains_and_logs_its_fraction(tmp_path, density):
 def test_entropic_schedules_from_the_checkpoint(entropic_run, tmp_path, capsys):
     ckpt = str(entropic_run / 'checkpoints' / 'last.ckpt')
     model = load_model(ckpt, device='cpu')
-    for schedule in ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure'):
+    for schedule in ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure', 'surrogate'):
         sigmas = model.sigmas(8, schedule)
         assert len(sigmas) == 9 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
         assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002)

@@ -145,9 +145,11 @@ def test_flag_names_match_the_registries():
     import sampling
     from evaluation import fidelity
     from entropy.profile import PROFILE_SCHEDULES
+    from entropy.surrogate import SURROGATE_SCHEDULE
     assert cli.SOLVER_NAMES == tuple(sorted(sampling.SOLVERS))
     assert cli.SCHEDULE_NAMES == tuple(sampling.SCHEDULES)
     assert cli.PROFILE_SCHEDULE_NAMES == tuple(PROFILE_SCHEDULES)
+    assert cli.SURROGATE_SCHEDULE_NAME == SURROGATE_SCHEDULE
     assert cli.METRICS == fidelity.METRICS
 
 

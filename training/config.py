@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import yaml
 
 from datasets import DATASETS
-from entropy import DENSITIES, PROFILE_SCHEDULES
+from entropy import DENSITIES, PROFILE_SCHEDULES, SURROGATE_SCHEDULE
 from errors import ConfigError
 from networks import NETWORKS, PRECONDS, PRESETS
 from sampling.schedules import SCHEDULES
@@ -242,7 +242,7 @@ class SampleConfig:
     solver: Literal[tuple(SOLVERS)] = 'heun'
     # entropic, rescaled-entropic: uniform in (rescaled) entropic time of the checkpoint's profile;
     # structure: uniform in the structure it measures (its structure rate integrated over log σ)
-    schedule: Literal[tuple(SCHEDULES) + tuple(PROFILE_SCHEDULES)] = 'karras'
+    schedule: Literal[tuple(SCHEDULES) + tuple(PROFILE_SCHEDULES) + (SURROGATE_SCHEDULE,)] = 'karras'
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0

@@ -1,0 +1,285 @@
+"""Sampling schedules on image models (#21): Fréchet distance and KID in the features of an independent
+digit classifier, against NFE, per solver, over models from several training seeds.
+
+    python -m benchmarks.image_sampling --ckpt runs/mnist-fast*/checkpoints/last.ckpt
+        [--solvers euler heun dpmpp_2m euler_ancestral] [--schedules karras loglinear ... surrogate]
+        [--nfe 6 11 16 35] [--num 1000] [--draws 2] [--profile online|offline] [--out DIR] [--summarise-only]
+
+Every (checkpoint, solver, NFE, schedule, draw) is one row of DIR/rows.jsonl, appended as it finishes,
+so the benchmark resumes where it stopped and grows by later calls with other solvers, NFE or
+schedules; DIR/results.md and DIR/nfe.png are rebuilt from every row there.
+
+- Samples: class-conditional (guidance 1), one uniformly random class per sample; draw k uses the
+  same initial noise, classes and ancestral noise for every schedule and solver (paired). NFE: heun
+  takes (NFE + 1) // 2 steps (2·steps − 1 denoiser calls), the other solvers NFE steps.
+- Features: `evaluation.fidelity.DigitClassifier`, trained once on 90% of the real digits and cached;
+  samples are rounded to 8-bit pixels as PNGs would be. FD and KID (torch-fidelity's: cubic polynomial
+  kernel, unbiased MMD² averaged over 10 subsets of 1000, × 1000) against all but 1000 of the real
+  digits (a seeded random split); the floor is those 1000 real digits scored the same way.
+- Profiles: `online` reads each checkpoint's training-time profile; `offline` re-estimates it with
+  the sampling (class-conditional) denoiser on the data's digits (64 σ × 256 samples, seed 0).
+- Statistics: per checkpoint the mean over draws; across checkpoints (training seeds) the mean with
+  a Student-t 95% interval, and each schedule's difference from karras ρ = 7 paired by checkpoint
+  (`benchmarks.seed_statistics.paired_difference`). A schedule is better (worse) than karras at a
+  point only where that whole interval lies below (above) zero.
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+import torch
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+
+import sampling
+from benchmarks.seed_statistics import paired_difference
+from entropy import EntropyProfile
+from evaluation.fidelity import DigitClassifier, cached_classifier
+from sampling_model import load_model
+
+SCHEDULES = ('karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure',
+             'surrogate')
+SOLVERS = ('euler', 'heun', 'dpmpp_2m', 'euler_ancestral')
+BASELINE = 'karras'
+NUM_FLOOR = 1000  # real digits scored like samples (the floor of each metric); the rest are the reference
+BATCH = 500
+OFFLINE_POINTS, OFFLINE_SAMPLES = 64, 256  # the offline profile: σ points and samples at each
+KID_SUBSETS = 10  # KID: mean over random subsets of at most 1000 samples and 1000 reference digits
+FIXED = ('karras', 'loglinear', 'vp')  # schedules that read no profile: one row serves both profiles
+
+
+def steps_for(solver, nfe):
+    """(steps, actual NFE) for about `nfe` denoiser calls."""
+    if solver == 'heun':
+        steps = max((nfe + 1) // 2, 2)
+        return steps, 2 * steps - 1
+    return max(nfe, 2), max(nfe, 2)
+
+
+class Scorer:
+    """FD and KID (torch-fidelity's, in the digit classifier's features) of images [n, 1, H, W] in
+    [−1, 1] against the reference digits of `data`."""
+
+    def __init__(self, data, cache_dir):
+        path, _ = cached_classifier(data, cache_dir)
+        self.classifier = DigitClassifier(data.num_classes)
+        self.classifier.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
+        self.classifier.eval()
+        real = data.images.cpu().float() / 127.5 - 1
+        order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))  # files may be sorted by class
+        self.reference = self.features(real[order[NUM_FLOOR:]])
+        self.statistics = fid_features_to_statistics(self.reference)
+        self.floor = self.score(real[order[:NUM_FLOOR]])
+
+    @torch.no_grad()
+    def features(self, images):
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # as written to 8-bit PNGs
+        return torch.cat([self.classifier.features(chunk) for chunk in pixels.split(BATCH)]).double()
+
+    def score(self, images):
+        features = self.features(images)
+        fd = fid_statistics_to_metric(fid_features_to_statistics(features), self.statistics, verbose=False)
+        kid = kid_features_to_metric(features, self.reference, kid_subsets=KID_SUBSETS,
+                                     kid_subset_size=min(len(features), 1000), verbose=False)
+        return {'fd': fd['frechet_inception_distance'], 'kid': 1000 * kid['kernel_inception_distance_mean']}
+
+
+def offline_profile(model, seed=0):
+    """The profile of the class-conditional sampling denoiser, measured on the data's digits with their
+    own labels (OFFLINE_POINTS σ × OFFLINE_SAMPLES samples)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = {}
+
+    def draw(n):
+        x, labels['one_hot'] = model.dataset.sample(n, generator=generator, labels=True)
+        return x
+
+    def denoiser(x, sigma):  # called right after `draw` on the same batch (EntropyProfile.from_denoiser)
+        return model.denoiser(x, sigma, labels['one_hot'])
+
+    noise = model.config.noise
+    return EntropyProfile.from_denoiser(denoiser, draw, noise.sigma_min, noise.sigma_max, num_points=OFFLINE_POINTS,
+                                        samples_per_point=OFFLINE_SAMPLES, generator=generator,
+                                        spectrum=model.profile.spectrum, batch_size=BATCH, min_count=1)
+
+
+def generate(model, solver, sigmas, num, draw):
+    """`num` class-conditional samples of draw `draw`: the same noise, classes and ancestral noise for
+    every schedule."""
+    noise = torch.randn(num, *model.shape, generator=torch.Generator().manual_seed(1000 + draw))
+    classes = torch.randint(model.num_classes, (num,), generator=torch.Generator().manual_seed(2000 + draw))
+    generator = torch.Generator().manual_seed(3000 + draw)
+    out = []
+    for chunk, label in zip(noise.split(BATCH), classes.split(BATCH)):
+        denoiser = model.sampling_denoiser(True, label, 1.0, len(label))
+        out.append(sampling.sample(denoiser, chunk, sigmas, solver, generator=generator))
+    return torch.cat(out)
+
+
+def run(args, out):
+    rows_file = out / 'rows.jsonl'
+    done = set()
+    if rows_file.exists():
+        done = {(r['ckpt'], r['profile'], r['solver'], r['nfe'], r['schedule'], r['draw'], r['num'])
+                for r in map(json.loads, rows_file.read_text().splitlines())}
+    scorers = {}
+    for ckpt in args.ckpt:
+        model = load_model(ckpt, device='cpu')
+        model.denoiser.requires_grad_(False)
+        if args.profile == 'offline':
+            model.profile = offline_profile(model)
+        data = model.dataset
+        if data.name not in scorers:
+            scorers[data.name] = Scorer(data, args.cache_dir)
+        scorer = scorers[data.name]
+        for solver in args.solvers:
+            for requested in args.nfe:
+                steps, nfe = steps_for(solver, requested)
+                for schedule in args.schedules:
+                    sigmas, profile = None, 'none' if schedule in FIXED else args.profile
+                    for draw in range(args.draws):
+                        key = (ckpt, profile, solver, nfe, schedule, draw, args.num)
+                        if key in done:
+                            continue
+                        if sigmas is None:
+                            sigmas = model.sigmas(steps, schedule, solver=solver)
+                        row = {'ckpt': ckpt, 'seed': model.config.seed, 'profile': profile, 'solver': solver,
+                               'nfe': nfe, 'steps': steps, 'schedule': schedule, 'draw': draw, 'num': args.num,
+                               'data': data.name, 'floor': scorer.floor,
+                               'sigmas': [round(s, 5) for s in sigmas.tolist()],
+                               **scorer.score(generate(model, solver, sigmas, args.num, draw))}
+                        with rows_file.open('a') as f:
+                            f.write(json.dumps(row) + '\n')
+                        done.add(key)
+                        print(f"{Path(ckpt).parent.parent.name} {solver} NFE {nfe} {schedule} draw {draw}: "
+                              f"FD {row['fd']:.2f} KID {row['kid']:.2f}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary.
+
+def cells(rows, profile, metric):
+    """{(solver, nfe, schedule): {ckpt: mean of `metric` over draws}}, for points complete in draws."""
+    grouped = {}
+    for r in rows:
+        if r['profile'] in (profile, 'none'):
+            grouped.setdefault((r['solver'], r['nfe'], r['schedule']), {}).setdefault(r['ckpt'], {})[r['draw']] = r[metric]
+    return {key: {ckpt: float(np.mean(list(draws.values()))) for ckpt, draws in per_ckpt.items()}
+            for key, per_ckpt in grouped.items()}
+
+
+def interval(values, level=0.95):
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), math.nan, math.nan
+    half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
+
+
+def comparison(table, solver, nfe, schedule):
+    """The paired difference from karras over the checkpoints both have, or None."""
+    mine, base = table.get((solver, nfe, schedule), {}), table.get((solver, nfe, BASELINE), {})
+    common = sorted(set(mine) & set(base))
+    if schedule == BASELINE or len(common) < 2:
+        return None
+    return paired_difference([mine[c] for c in common], [base[c] for c in common])
+
+
+def summary(rows, profile):
+    lines = []
+    ckpts = sorted({r['ckpt'] for r in rows})
+    draws = sorted({r['draw'] for r in rows})
+    nums = sorted({r['num'] for r in rows})
+    floor = {m: np.mean([r['floor'][m] for r in rows]) for m in ('fd', 'kid')}
+    lines += [f'Models: {len(ckpts)} checkpoints ({", ".join(ckpts)}); {len(draws)} noise draws of '
+              f'{"/".join(map(str, nums))} samples per point and checkpoint; profile: {profile}.',
+              f'Floor (1000 real digits scored like samples): FD {floor["fd"]:.2f}, KID {floor["kid"]:.2f}.',
+              'Cells: mean over checkpoints [Student-t 95% interval over checkpoints] of the per-checkpoint mean '
+              'over draws. Marks: **bold** better than karras ρ = 7 (the paired interval of the difference '
+              'entirely below 0), _italic_ worse (entirely above 0); unmarked: not distinguishable.', '']
+    for metric, label in (('fd', 'classifier FD'), ('kid', 'classifier KID × 1000')):
+        table = cells(rows, profile, metric)
+        schedules = [s for s in SCHEDULES if any(k[2] == s for k in table)]
+        for solver in SOLVERS:
+            nfes = sorted({k[1] for k in table if k[0] == solver})
+            if not nfes:
+                continue
+            lines += [f'### {solver}: {label}', '', '| NFE | ' + ' | '.join(schedules) + ' |',
+                      '| --- |' + ' --- |' * len(schedules)]
+            for nfe in nfes:
+                row = []
+                for schedule in schedules:
+                    values = table.get((solver, nfe, schedule))
+                    if not values:
+                        row.append('')
+                        continue
+                    mean, low, high = interval(list(values.values()))
+                    text = f'{mean:.3g} [{low:.3g}, {high:.3g}]' if len(values) > 1 else f'{mean:.3g} (1 model)'
+                    diff = comparison(table, solver, nfe, schedule)
+                    if diff is not None and diff.high < 0:
+                        text = f'**{text}**'
+                    elif diff is not None and diff.low > 0:
+                        text = f'_{text}_'
+                    row.append(text)
+                lines.append(f'| {nfe} | ' + ' | '.join(row) + ' |')
+            lines.append('')
+    return '\n'.join(lines)
+
+
+def plot(rows, profile, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    table = cells(rows, profile, 'fd')
+    solvers = [s for s in SOLVERS if any(k[0] == s for k in table)]
+    fig, axes = plt.subplots(1, len(solvers), figsize=(4.5 * len(solvers), 3.8), squeeze=False)
+    for ax, solver in zip(axes[0], solvers):
+        for schedule in SCHEDULES:
+            nfes = sorted(k[1] for k in table if k[0] == solver and k[2] == schedule)
+            if not nfes:
+                continue
+            stats = [interval(list(table[(solver, nfe, schedule)].values())) for nfe in nfes]
+            mean = np.array([s[0] for s in stats])
+            err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+            ax.errorbar(nfes, mean, yerr=np.nan_to_num(err), fmt='o-', markersize=3, capsize=2, label=schedule)
+        ax.axhline(np.mean([r['floor']['fd'] for r in rows]), color='grey', linestyle=':', label='real digits')
+        ax.set(xscale='log', yscale='log', title=solver, xlabel='NFE', ylabel='classifier FD')
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--ckpt', nargs='+', default=[])
+    parser.add_argument('--solvers', nargs='+', default=list(SOLVERS), choices=SOLVERS)
+    parser.add_argument('--schedules', nargs='+', default=list(SCHEDULES), choices=SCHEDULES)
+    parser.add_argument('--nfe', nargs='+', type=int, default=[6, 11, 16, 35])
+    parser.add_argument('--num', type=int, default=1000, help='samples per draw (default 1000)')
+    parser.add_argument('--draws', type=int, default=2, help='noise draws per point and checkpoint (default 2)')
+    parser.add_argument('--profile', choices=('online', 'offline'), default='online')
+    parser.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'cedm'))
+    parser.add_argument('--out', default='benchmarks/results/image_sampling')
+    parser.add_argument('--summarise-only', action='store_true')
+    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.summarise_only:
+        run(args, out)
+    rows = [json.loads(line) for line in (out / 'rows.jsonl').read_text().splitlines()]
+    text = summary(rows, args.profile)
+    (out / f'results-{args.profile}.md').write_text(text + '\n')
+    plot(rows, args.profile, out / f'nfe-{args.profile}.png')
+    print(text)
+
+
+if __name__ == '__main__':
+    main()

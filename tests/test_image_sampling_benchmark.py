@@ -1,0 +1,74 @@
+"""benchmarks/image_sampling.py: NFE bookkeeping, the paired marks of its tables, and a tiny run end to
+end (rows cached and resumed, both profiles, every solver)."""
+
+import json
+import sys
+
+import pytest
+
+from benchmarks import image_sampling
+from evaluation import fidelity
+
+
+def test_nfe_to_steps():
+    assert image_sampling.steps_for('heun', 35) == (18, 35)
+    assert image_sampling.steps_for('heun', 16) == (8, 15)
+    assert image_sampling.steps_for('euler', 6) == (6, 6)
+    assert image_sampling.steps_for('dpmpp_2m', 1) == (2, 2)
+
+
+def rows(values):
+    """Rows for one (solver, NFE) point: {schedule: [value of checkpoint 0, 1, 2]}, two draws each
+    (value ± 0.1, so the draw mean is the value)."""
+    out = []
+    for schedule, per_ckpt in values.items():
+        for ckpt, value in enumerate(per_ckpt):
+            for draw, offset in enumerate((-0.1, 0.1)):
+                out.append({'ckpt': f'c{ckpt}', 'profile': 'none' if schedule == 'karras' else 'online',
+                            'solver': 'euler', 'nfe': 8, 'schedule': schedule, 'draw': draw, 'num': 100,
+                            'fd': value + offset, 'kid': value + offset, 'floor': {'fd': 1.0, 'kid': 0.0}})
+    return out
+
+
+def test_marks_need_the_whole_paired_interval_beyond_zero():
+    table = image_sampling.summary(rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1],
+                                         'entropic': [12.5, 21.5, 32.5], 'rescaled-entropic': [9, 22, 29]}), 'online')
+    line = next(line for line in table.splitlines() if line.startswith('| 8 |'))
+    cells = dict(zip(['karras', 'loglinear', 'entropic', 'rescaled-entropic'], line.strip('| ').split(' | ')[1:]))
+    assert cells['loglinear'].startswith('**') and cells['entropic'].startswith('_')  # consistent across models
+    assert not cells['rescaled-entropic'].startswith(('**', '_'))  # −1, +2, −1: not distinguishable
+    assert cells['karras'].startswith('20 [')  # mean over checkpoints, then its interval
+    # Offline rows are not mixed into the online table (karras, which reads no profile, serves both).
+    offline = [dict(r, profile='offline', fd=100.0, kid=100.0) for r in rows({'loglinear': [1, 1, 1]})]
+    assert image_sampling.summary(rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1]}) + offline,
+                                  'online') == image_sampling.summary(rows({'karras': [10, 20, 30],
+                                                                           'loglinear': [8, 17.5, 28.1]}), 'online')
+
+
+@pytest.mark.slow
+def test_a_tiny_run_is_cached_resumed_and_summarised(tiny_mnist_ckpt, tmp_path, monkeypatch, capsys):
+    classifier = tmp_path / 'classifier.pt'
+    monkeypatch.setattr(image_sampling, 'cached_classifier',
+                        lambda data, cache: (classifier, fidelity.train_classifier(data, classifier, steps=30)))
+    monkeypatch.setattr(image_sampling, 'OFFLINE_POINTS', 8)
+    monkeypatch.setattr(image_sampling, 'OFFLINE_SAMPLES', 8)
+    out = tmp_path / 'bench'
+    argv = ['image_sampling', '--ckpt', tiny_mnist_ckpt, '--num', '24', '--draws', '2', '--nfe', '3',
+            '--schedules', 'karras', 'rescaled-entropic', 'surrogate', '--out', str(out)]
+    monkeypatch.setattr(sys, 'argv', argv)
+    image_sampling.main()
+    lines = (out / 'rows.jsonl').read_text().splitlines()
+    assert len(lines) == 4 * 3 * 2  # solvers × schedules × draws
+    row = json.loads(lines[0])
+    assert row['fd'] > 0 and row['num'] == 24 and row['sigmas'][-1] == 0 and row['floor']['fd'] >= 0
+    heun = [json.loads(line) for line in lines if json.loads(line)['solver'] == 'heun']
+    assert {r['nfe'] for r in heun} == {3} and {r['steps'] for r in heun} == {2}
+    # The same call again computes nothing; the offline profile adds only the schedules that read a profile.
+    image_sampling.main()
+    assert len((out / 'rows.jsonl').read_text().splitlines()) == len(lines)
+    monkeypatch.setattr(sys, 'argv', argv + ['--profile', 'offline'])
+    image_sampling.main()
+    new = [json.loads(line) for line in (out / 'rows.jsonl').read_text().splitlines()[len(lines):]]
+    assert len(new) == 4 * 2 * 2 and {r['profile'] for r in new} == {'offline'}
+    assert (out / 'results-online.md').is_file() and (out / 'nfe-offline.png').is_file()
+    assert '### heun: classifier FD' in (out / 'results-offline.md').read_text()
