@@ -4,7 +4,8 @@
 
 Draws the entropy rate (nats per log σ) beside the Gaussian rate lmmse/σ² and the structure rate,
 with the training σ density, H(σ) − H(σ_min), and the entropic and rescaled times with the karras
-(ρ=7), log-linear, entropic, rescaled-entropic and structure schedules as ticks. Also prints the logistic log-SNR distribution fitted to the profile as config
+(ρ=7), log-linear, entropic, rescaled-entropic, structure and surrogate (for the config's solver)
+schedules as ticks. Also prints the logistic log-SNR distribution fitted to the profile as config
 overrides, so a measured profile can be exported as a fixed training schedule.
 """
 

@@ -68,7 +68,9 @@ class EntropyProfile(torch.nn.Module):
                                   or max(lmmse − mmse, 0)/σ² ('structure': see `structure_rate`)
                                   or max(lmmse − mmse, 0)/σ ('rescaled-structure'),
     with the optional gate g(σ) = σⁿ/(σⁿ + cⁿ) (gate_c = c, gate_n = n; InfoNoise) that damps the
-    low-σ tail where every continuous distribution has rate ≈ d nats per e-fold. The floor keeps every
+    low-σ tail where every continuous distribution has rate ≈ d nats per e-fold, and, once
+    `set_loss_weight` gave the loss weight λ(σ) of training, w divided by λ: the loss keeps λ, so the
+    effective weight p(σ)·λ(σ) of each σ follows rate · g (InfoNoise's reading). The floor keeps every
     σ range visited, so the profile keeps being measured everywhere. Without usable weight (uninitialised,
     all zero, or a structure density without a spectrum or with the model no better than the Wiener filter)
     the density is log-uniform; `structure_fraction` says how far to trust the structure densities.
@@ -123,6 +125,7 @@ class EntropyProfile(torch.nn.Module):
         # Its length is the data's, unknown to a profile built to load a state: saved as extra state; a
         # non-persistent buffer only so that `.to(device)` moves it.
         self.register_buffer('spectrum', None, persistent=False)
+        self.register_buffer('loss_weight', None, persistent=False)  # λ at the bin centres (`set_loss_weight`)
         self._configure(sigma_min=sigma_min, sigma_max=sigma_max, num_bins=num_bins, ema_decay=ema_decay,
                         min_count=min_count, floor=floor, gate_c=gate_c, gate_n=gate_n, density=density, dim=dim,
                         structure_nats=structure_nats)
@@ -164,6 +167,7 @@ class EntropyProfile(torch.nn.Module):
                     ema_decay=self.ema_decay, min_count=self.min_count, floor=self.floor, gate_c=self.gate_c,
                     gate_n=self.gate_n, density=self.density, dim=self.dim, structure_nats=self.structure_nats,
                     spectrum=None if self.spectrum is None else self.spectrum.tolist(),
+                    loss_weight=None if self.loss_weight is None else self.loss_weight.tolist(),
                     statistics_version=STATISTICS_VERSION)
 
     def set_extra_state(self, state):
@@ -172,8 +176,11 @@ class EntropyProfile(torch.nn.Module):
         # saved before statistics version 2 hold errors, which are excesses over a zero lmmse without a spectrum.
         state = {'structure_nats': STRUCTURE_NATS, **state}
         spectrum = state.pop('spectrum', None)
+        loss_weight = state.pop('loss_weight', None)  # absent before it existed
         version = state.pop('statistics_version', 1)
         self._configure(**state)
+        self.loss_weight = None if loss_weight is None else torch.tensor(loss_weight, dtype=torch.float64,
+                                                                           device=self.ema_sum.device)
         self.set_spectrum(spectrum)
         self._legacy_pending = version < STATISTICS_VERSION and self.spectrum is not None
         if self._legacy_pending:
@@ -205,6 +212,17 @@ class EntropyProfile(torch.nn.Module):
                 raise ValueError(f'spectrum: {len(eigenvalues)} eigenvalues for data of dim {self.dim}')
             eigenvalues = eigenvalues.clamp_min(0)  # rounding in the eigensolver
         self.spectrum = eigenvalues
+        self._rebuild()
+
+    def set_loss_weight(self, loss_weight):
+        """Divide the training density by the loss weight λ(σ) [num_bins] at the bin centres (`sigma_grid`;
+        None: no division) and rebuild the sampling CDF (class docstring)."""
+        if loss_weight is not None:
+            loss_weight = torch.as_tensor(loss_weight, dtype=torch.float64, device=self.ema_sum.device)
+            if loss_weight.shape != (self.num_bins,) or not (loss_weight.isfinite() & (loss_weight > 0)).all():
+                raise ValueError(f'loss_weight: expected {self.num_bins} positive finite values at the bin centres, '
+                                 f'got shape {tuple(loss_weight.shape)}')
+        self.loss_weight = loss_weight
         self._rebuild()
 
     @property
@@ -296,7 +314,10 @@ class EntropyProfile(torch.nn.Module):
         below = ~has_left & has_right
         estimate = torch.where(below, estimate * (2 * (index - right).double() * self.bin_width).exp(), estimate)
         self.mmse_estimate.copy_(torch.where(has_left | has_right, estimate, math.nan))
-        self.cdf_knots.copy_(self._knots(self._weight(self.density) * self._gate(self.sigma_grid), self.floor))
+        weight = self._weight(self.density) * self._gate(self.sigma_grid)
+        if self.loss_weight is not None:
+            weight = weight / self.loss_weight
+        self.cdf_knots.copy_(self._knots(weight, self.floor))
 
     # ----------------------------------------------------------------------------------------------
     # The profile.

@@ -69,3 +69,29 @@ def test_profile_gets_the_unweighted_errors_of_the_training_batch():
     assert expected.total_count.sum().item() == 256
     for name in ('mmse_estimate', 'ema_sum', 'ema_count', 'total_count'):
         torch.testing.assert_close(getattr(model.profile, name), getattr(expected, name), msg=name)
+
+
+def test_divide_weighting_makes_the_effective_weight_follow_the_density(tmp_path):
+    # InfoNoise's reading: σ drawn ∝ rate/λ(σ), the loss keeping λ, so p(σ)·λ(σ) ∝ rate. With the floor off,
+    # log p + log λ − log rate is the same constant in every bin; under `keep` it is not.
+    overrides = ['noise.name=entropic', 'noise.warmup_steps=0', 'noise.floor=0']
+    model = EDMModule(load_config('configs/toy/default.yaml', [*overrides, 'noise.weighting=divide']))
+    sigma = model.profile.sigma_grid
+    gaussian_errors = (2 * 0.25 * sigma ** 2 / (0.25 + sigma ** 2)).repeat(16)  # N(0, 0.5²I), 16 per bin (min_count)
+    model.profile.update(sigma.repeat(16), gaussian_errors)
+    model.profile.refresh()
+    edm_weight = (sigma ** 2 + 0.5 ** 2) / (sigma * 0.5) ** 2  # EDM's λ(σ), σ_data 0.5
+    torch.testing.assert_close(model.profile.loss_weight, edm_weight)
+    rate = model.profile.rate()[1]
+    effective = model.profile.log_density(sigma) + edm_weight.log() - rate.log()
+    torch.testing.assert_close(effective, effective.mean().expand_as(effective), rtol=0, atol=1e-9)
+    kept = EDMModule(load_config('configs/toy/default.yaml', overrides)).profile
+    kept.update(sigma.repeat(16), gaussian_errors)
+    kept.refresh()
+    assert (kept.log_density(sigma) - rate.log()).std() < 1e-9  # keep: p itself ∝ rate
+    assert effective.std() < 1e-9 < (kept.log_density(sigma) + edm_weight.log() - rate.log()).std()
+    # The division travels with the profile's state, so a resumed run draws from the same density.
+    restored = EntropyProfile()
+    restored.load_state_dict(model.profile.state_dict())
+    torch.testing.assert_close(restored.cdf_knots, model.profile.cdf_knots)
+    torch.testing.assert_close(restored.loss_weight, edm_weight)

@@ -144,9 +144,10 @@ class NoiseConfig:
     (`rescaled-structure`, for data on a manifold, whose structure rate stays high as σ → 0); the two
     structure densities draw from the profile only with probability α, rising smoothly from 0 to 1 as
     the measured negentropy reaches `structure_nats` nats per dimension, and from `base` otherwise.
-    `weighting: keep` keeps λ(σ), so the effective weighting follows the entropy rate (InfoNoise);
-    `importance` multiplies the loss by p_base(σ)/p_entropic(σ), keeping the base objective and
-    changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
+    `weighting: keep` keeps λ(σ) and draws σ from the density, so the effective weight p(σ)·λ(σ)
+    is density × λ; `divide` (InfoNoise) draws σ from the density divided by λ(σ), so p(σ)·λ(σ)
+    follows the density itself; `importance` multiplies the loss by p_base(σ)/p_entropic(σ), keeping
+    the base objective and changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
     also gives any checkpoint its entropic sampling schedules.
     """
     name: Literal[tuple(NOISE) + ('entropic',)] = 'lognormal'
@@ -167,7 +168,7 @@ class NoiseConfig:
     density: Literal[tuple(DENSITIES)] = 'entropic'
     structure_nats: float = 0.1
     spectrum_samples: int = 65536  # data points behind the covariance spectrum, drawn once at set-up
-    weighting: Literal['keep', 'importance'] = 'keep'
+    weighting: Literal['keep', 'divide', 'importance'] = 'keep'
 
     def validate(self):
         _positive(self, 'noise', 'P_std', 'sigma_min', 'sigma_max', 'scale', 'refresh_every', 'gate_n', 'structure_nats')

@@ -136,6 +136,8 @@ class EDMModule(L.LightningModule):
             spectrum_generator = rng.generator('cpu', config.seed, 2**16, 1)
             self.profile.set_spectrum(covariance_spectrum(
                 lambda k: self.dataset.sample(k, generator=spectrum_generator), config.noise.spectrum_samples))
+        if config.noise.weighting == 'divide':  # InfoNoise: the σ density divided by the loss weight λ(σ)
+            self.profile.set_loss_weight(self.denoiser.loss_weight(self.profile.sigma_grid))
         self.noise = build_noise(config.noise, self.profile)
         self.sigma_bins = SigmaBins()
         self._unbinned = []  # (σ, squared error, loss) of the steps since the last `_bin_errors`
