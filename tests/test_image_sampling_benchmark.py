@@ -72,3 +72,15 @@ def test_a_tiny_run_is_cached_resumed_and_summarised(tiny_mnist_ckpt, tmp_path, 
     assert len(new) == 4 * 2 * 2 and {r['profile'] for r in new} == {'offline'}
     assert (out / 'results-online.md').is_file() and (out / 'nfe-offline.png').is_file()
     assert '### heun: classifier FD' in (out / 'results-offline.md').read_text()
+
+
+def test_schedule_diagnosis_reports_every_schedule(tiny_mnist_ckpt, monkeypatch, capsys):
+    from benchmarks import schedule_diagnosis
+    monkeypatch.setattr(sys, 'argv', ['schedule_diagnosis', '--ckpt', tiny_mnist_ckpt, '--steps', '4', '--num', '3'])
+    schedule_diagnosis.main()
+    out = capsys.readouterr().out
+    for name in schedule_diagnosis.SCHEDULES:
+        assert f'\n{name}: σ = 80, ' in out
+    corrections = [line for line in out.splitlines() if line.startswith('  heun correction / step: ')]
+    assert len(corrections) == len(schedule_diagnosis.SCHEDULES)
+    assert all(line.endswith(', 0.00') and line.count(',') == 3 for line in corrections)  # none on the last step
