@@ -4,7 +4,6 @@ beats ρ = 7 and log-linear there with every solver."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
