@@ -245,7 +245,8 @@ def plot(rows, profile, path):
             stats = [interval(list(table[(solver, nfe, schedule)].values())) for nfe in nfes]
             mean = np.array([s[0] for s in stats])
             err = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
-            ax.errorbar(nfes, mean, yerr=np.nan_to_num(err), fmt='o-', markersize=3, capsize=2, label=schedule)
+            ax.errorbar(nfes, mean, yerr=np.nan_to_num(err), fmt='o-', markersize=3, capsize=2, label=schedule,
+                        color=f'C{SCHEDULES.index(schedule)}')  # one colour per schedule in every panel
         ax.axhline(np.mean([r['floor']['fd'] for r in rows]), color='grey', linestyle=':', label='real digits')
         ax.set(xscale='log', yscale='log', title=solver, xlabel='NFE', ylabel='classifier FD')
         ax.grid(alpha=0.3)
