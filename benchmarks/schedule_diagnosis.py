@@ -16,32 +16,30 @@ import torch
 
 import sampling
 from entropy import PROFILE_SCHEDULES, SURROGATE_SCHEDULE, surrogate_error
-from entropy.surrogate import fit_modes
+from entropy.surrogate import SURROGATE_SOLVERS, fit_modes
 from sampling_model import load_model
 
 SCHEDULES = ('karras', 'loglinear', *PROFILE_SCHEDULES, SURROGATE_SCHEDULE)
 
 
 def heun_corrections(model, sigmas, num, seed=0):
-    """Per step, the mean over samples of ‖x_heun − x_euler‖/‖x_heun − x‖: how much the corrector moved
-    the predictor's endpoint, relative to the whole step (0 on the last step, which has no correction)."""
+    """Per step of `sampling.heun`, the mean over samples of ‖x_heun − x_euler‖/‖x_heun − x‖: how much the
+    corrector moved the predictor's endpoint (x + (σ' − σ)(x − D)/σ), relative to the whole step (0 on the
+    last step, which has no correction)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(num, *model.shape, generator=generator) * sigmas[0]
     classes = torch.randint(model.num_classes, (num,), generator=generator) if model.num_classes else None
     denoiser = model.sampling_denoiser(True, classes, 1.0, num) if classes is not None else model.sampling_denoiser()
-    out = []
-    with torch.no_grad():
-        for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-            slope = (x - denoiser(x, x.new_full((num,), sigma))) / sigma
-            euler = x + (sigma_next - sigma) * slope
-            if sigma_next == 0:
-                out.append(0.0)
-                x = euler
-                continue
-            slope_next = (euler - denoiser(euler, x.new_full((num,), sigma_next))) / sigma_next
-            heun = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
-            out.append(((heun - euler).flatten(1).norm(dim=1) / (heun - x).flatten(1).norm(dim=1)).mean().item())
-            x = heun
+    previous, out = [x], []
+
+    def record(step):
+        x, heun = previous[0], step['x']
+        euler = x + (step['sigma_next'] - step['sigma']) * (x - step['denoised']) / step['sigma']
+        moved = (heun - euler).flatten(1).norm(dim=1) / (heun - x).flatten(1).norm(dim=1)
+        out.append(0.0 if step['sigma_next'] == 0 else moved.mean().item())
+        previous[0] = heun
+
+    sampling.heun(denoiser, x, sigmas, callback=record)
     return out
 
 
@@ -54,7 +52,7 @@ def main():
     args = parser.parse_args()
     model = load_model(args.ckpt, device='cpu')
     sigma, mmse = model.profile.mmse()
-    solver = {'euler_ancestral': 'euler', 'ddim': 'euler'}.get(args.solver, args.solver)
+    solver = SURROGATE_SOLVERS[args.solver]  # the deterministic solver of the same order
     if torch.isfinite(mmse).all():
         scales, weights = fit_modes(sigma, mmse, model.profile.sigma_min, model.profile.sigma_max)
         surrogate = f'{len(scales)} Gaussian modes, tr Cov {float((weights * scales ** 2).sum()):.1f}'

@@ -106,7 +106,9 @@ def surrogate_sigmas(profile, num_steps, solver='heun', sigma_min=None, sigma_ma
         return karras.to(profile.sigma_grid.device)
     scales, weights = fit_modes(sigma.cpu(), mmse.cpu(), profile.sigma_min, profile.sigma_max)
     starts = [karras, loglinear_sigmas(num_steps, sigma_min, sigma_max)]
-    start = min(starts, key=lambda s: surrogate_error(s, solver, scales, weights))
+    errors = [surrogate_error(s, solver, scales, weights) for s in starts]
+    start_error = min(errors)
+    start = starts[errors.index(start_error)]
     if num_steps == 2:  # nothing between σ_max and σ_min to move
         return start.to(profile.sigma_grid.device)
 
@@ -116,6 +118,6 @@ def surrogate_sigmas(profile, num_steps, solver='heun', sigma_min=None, sigma_ma
 
     result = minimize(log_error, _gaps_from_sigmas(start), method='L-BFGS-B', options={'maxiter': MAX_ITERATIONS})
     best = _sigmas_from_gaps(result.x, sigma_min, sigma_max)
-    if surrogate_error(best, solver, scales, weights) > surrogate_error(start, solver, scales, weights):
+    if surrogate_error(best, solver, scales, weights) > start_error:
         best = start
     return best.to(profile.sigma_grid.device)
