@@ -38,6 +38,7 @@ NUM_SCALES = 96
 SCALE_MARGIN = 3.0
 # The optimiser's iteration cap (L-BFGS-B on the log σ gaps, from the better of ρ = 7 and log-linear).
 MAX_ITERATIONS = 200
+LOG_GAP_BOUND = 10.0  # |log| of each step's unnormalised share of the log σ span: shares stay within e^±20 of each other
 
 
 def fit_modes(sigma, mmse, sigma_min, sigma_max):
@@ -116,7 +117,11 @@ def surrogate_sigmas(profile, num_steps, solver='heun', sigma_min=None, sigma_ma
         error = surrogate_error(_sigmas_from_gaps(log_gaps, sigma_min, sigma_max), solver, scales, weights)
         return math.log(max(error, 1e-300))
 
-    result = minimize(log_error, _gaps_from_sigmas(start), method='L-BFGS-B', options={'maxiter': MAX_ITERATIONS})
+    # Bounded so that no step's share of the log σ span underflows (a line search once drove one to
+    # ~e^-800: two equal σ, which the solvers refuse); e^±10 never binds a sensible schedule.
+    gaps = _gaps_from_sigmas(start)
+    result = minimize(log_error, gaps, method='L-BFGS-B', bounds=[(-LOG_GAP_BOUND, LOG_GAP_BOUND)] * len(gaps),
+                      options={'maxiter': MAX_ITERATIONS})
     best = _sigmas_from_gaps(result.x, sigma_min, sigma_max)
     if surrogate_error(best, solver, scales, weights) > start_error:
         best = start

@@ -15,14 +15,17 @@ def _rows(kl, swd, name):
             for i, (k, s) in enumerate(zip(kl, swd))]
 
 
-def test_better_than_karras_needs_both_scores_beyond_two_standard_errors():
+def test_better_than_karras_needs_both_scores_beyond_their_t_intervals():
     karras = _rows([1.0, 1.2, 0.9, 1.1], [0.10, 0.12, 0.09, 0.11], 'karras')
     better = _rows([0.5, 0.7, 0.4, 0.6], [0.05, 0.07, 0.04, 0.06], 'entropic')   # both lower in every draw
     sharper = _rows([0.5, 0.7, 0.4, 0.6], [0.12, 0.14, 0.11, 0.13], 'entropic')  # KL lower, SWD higher
     noisy = _rows([0.2, 2.0, 0.1, 2.1], [0.01, 0.30, 0.02, 0.28], 'entropic')    # lower on average, not beyond the noise
+    # KL lower by 2.2 standard errors over 4 draws: outside ±2 SE, inside the t-interval (t = 3.18 at 3 dof)
+    two_se = _rows([-0.8, 1.0, -0.9, 0.9], [0.05, 0.07, 0.04, 0.06], 'entropic')
     assert bench.beats_karras(karras + better, 'm', 'euler', 8, 'entropic')
     assert not bench.beats_karras(karras + sharper, 'm', 'euler', 8, 'entropic')
     assert not bench.beats_karras(karras + noisy, 'm', 'euler', 8, 'entropic')
+    assert not bench.beats_karras(karras + two_se, 'm', 'euler', 8, 'entropic')
 
 
 def test_exact_denoiser_run_scores_every_schedule_on_paired_draws():
