@@ -3,7 +3,6 @@ reverse KL and SWD to agree beyond their noise."""
 
 import math
 
-import torch
 
 from benchmarks import entropic_sampling as bench
 from datasets import build_dataset
