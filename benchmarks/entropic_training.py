@@ -666,6 +666,7 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 7), squeeze=False)
     for column, d in enumerate(datasets):
         rows = ['fd'] if d in IMAGES else ['kl', 'swd']
@@ -682,6 +683,7 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
                 ax.axhline(plotted[-1][0], color='k', ls='--', lw=1, label='exact denoiser (floor)')
             ax.set(title=f'{d}{" (held out)" if d in held_out else ""}', xlabel='training steps', xscale='log',
                    ylabel=f'{METRICS[m]}, median over seeds')
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2×10², 3×10², ... overlap
             # The k-NN KL can dip below 0 near the floor: then a scale linear around 0.
             low = min(np.min(values) for values in plotted)
             ax.set_yscale('log') if low > 0 else ax.set_yscale('symlog', linthresh=1e-2)
