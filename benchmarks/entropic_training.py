@@ -51,6 +51,8 @@ from pathlib import Path
 
 import yaml
 
+from files import write_atomically
+
 
 PROTOCOL = 'benchmarks/protocol/protocol.yaml'
 VARIANTS_FILE = 'benchmarks/protocol/variants.yaml'
@@ -402,8 +404,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
         raise RuntimeError(f'{dataset} {variant} seed {seed}: stopped at step {trainer.global_step} of {steps}')
     evaluate.result.update(settings=settings, wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu,
                            eval_s=evaluate.seconds, eval_cpu_s=evaluate.cpu_seconds)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(evaluate.result))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(evaluate.result)))  # a kill leaves no half a cache
     key = 'fd' if dataset in IMAGES else 'kl'
     print(f'{dataset:10s} {variant:20s} seed {seed}: {key} {[round(v, 4) for v in evaluate.result[key]]} '
           f'({evaluate.result["wall_s"]:.0f} s)', flush=True)
