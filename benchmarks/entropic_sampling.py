@@ -20,10 +20,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 import torch
 
 import sampling
+from benchmarks.seed_statistics import paired_difference
 from datasets import build_dataset
 from entropy.profile import EntropyProfile
 from entropy.surrogate import surrogate_sigmas
@@ -92,12 +92,8 @@ def _mean_se(values):
 def beats_karras(rows, model, solver, nfe, name):
     """Whether `name` is better than karras by reverse KL and by SWD alike: the 95% t-interval of both
     paired differences (draw by draw) below zero."""
-    for metric in METRICS:
-        diff = _values(rows, model, solver, nfe, name, metric) - _values(rows, model, solver, nfe, 'karras', metric)
-        mean, se = _mean_se(diff)
-        if not mean + scipy.stats.t.ppf(0.975, len(diff) - 1) * se < 0:
-            return False
-    return True
+    return all(paired_difference(_values(rows, model, solver, nfe, name, metric),
+                                 _values(rows, model, solver, nfe, 'karras', metric)).high < 0 for metric in METRICS)
 
 
 def table(rows):
@@ -115,7 +111,7 @@ def table(rows):
                 cells = []
                 for name in SCHEDULES:
                     parts = ['{:.3g} ± {:.1g}'.format(*_mean_se(_values(rows, model, solver, nfe, name, m))) for m in metrics]
-                    star = ' *' if name != 'karras' and beats_karras(rows, model, solver, nfe, name) else ''
+                    star = ' *' if name != 'karras' and draws > 1 and beats_karras(rows, model, solver, nfe, name) else ''
                     cells.append(' / '.join(parts) + star)
                 lines.append(f'| {solver} | {nfe} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
