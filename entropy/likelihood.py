@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from datasets.images import to_data
+
 
 @torch.no_grad()
 def nll(denoiser, x0, sigma_min=1e-3, sigma_max=1e3, num_points=64, num_noise=4, sigma_ref=0.5, generator=None):
@@ -61,21 +63,24 @@ def bits_per_dim(nll_nats, dim):
     return nll_nats / (dim * math.log(2))
 
 
-# 8-bit pixels k = 0..255 are the data values k/127.5 − 1 (datasets.images): neighbours 2/255 apart.
+# 8-bit pixels k = 0..255 are the data values k/127.5 − 1 (datasets.images, at data.scale 1): neighbours 2/255 apart.
 PIXEL_STEP = 2 / 255
 
 
 @torch.no_grad()
-def image_bits_per_dim(denoiser, pixels, generator=None, **nll_kwargs):
+def image_bits_per_dim(denoiser, pixels, generator=None, scale=1.0, **nll_kwargs):
     """Bits per dimension [n] of 8-bit images `pixels` [n, C, H, W] (uint8) under the model of `denoiser`,
     with uniform dequantisation, the usual correction for a continuous density of discrete data: each
-    pixel becomes a value drawn uniformly over its bin, x = k/127.5 − 1 + u with u ~ U(−Δ/2, Δ/2),
-    Δ = PIXEL_STEP, and by Jensen −log P(k) ≤ E_u[−log p(x)] − d·log Δ. One draw of u per image; `nll`
+    pixel becomes a value drawn uniformly over its bin, x = scale·(k/127.5 − 1) + u with
+    u ~ U(−Δ/2, Δ/2), Δ = scale·PIXEL_STEP (`scale`: the model's `data.scale`), and by Jensen
+    −log P(k) ≤ E_u[−log p(x)] − d·log Δ, whatever the scale. One draw of u per image; `nll`
     (its keyword arguments: the σ grid, noise pairs) estimates −log p(x). An upper bound on the model's
     discrete NLL up to Monte Carlo error, and the I-MMSE estimate with a trained denoiser is biased up
     again (module docstring): both make the figure larger, never smaller."""
-    x = pixels.to(torch.float32) / 127.5 - 1
-    x = x + (torch.rand(x.shape, generator=generator, device=x.device) - 0.5) * PIXEL_STEP
+    step = scale * PIXEL_STEP
+    x = to_data(pixels, scale)
+    x = x + (torch.rand(x.shape, generator=generator, device=x.device) - 0.5) * step
     d = x[0].numel()
-    nats = nll(denoiser, x, generator=generator, **nll_kwargs) - d * math.log(PIXEL_STEP)
+    nll_kwargs.setdefault('sigma_ref', 0.5 * scale)  # about the data's scale (see `nll`)
+    nats = nll(denoiser, x, generator=generator, **nll_kwargs) - d * math.log(step)
     return bits_per_dim(nats, d)

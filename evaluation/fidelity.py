@@ -15,6 +15,7 @@ from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from datasets.images import to_data
 from errors import FidelityError
 from files import save_atomically
 
@@ -80,7 +81,7 @@ def train_classifier(data, path, steps=800, batch_size=64, seed=0):
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=generator)
     held_out, train = order[:len(data) // 10], order[len(data) // 10:]
-    images, labels = data.images.cpu().float() / 127.5 - 1, data.labels.cpu()
+    images, labels = to_data(data.images.cpu()), data.labels.cpu()
     torch.manual_seed(seed)
     model = DigitClassifier(data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -141,7 +142,7 @@ class ClassifierFeatures(FeatureExtractorBase):
         return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
 
     def forward(self, x):
-        grey = x.float().mean(1, keepdim=True) / 127.5 - 1
+        grey = to_data(x.float().mean(1, keepdim=True))
         features = self.model.features(grey)
         out = {'features': features, 'logits': self.model.head(features)}
         return tuple(out[name] for name in self.features_list)

@@ -126,16 +126,17 @@ def save(fig, path):
     plt.close(fig)
 
 
-def to_uint8(x):
-    """Images in [−1, 1] [..., C, H, W] as uint8 pixels (clamped, rounded), on the CPU."""
-    return ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+def to_uint8(x, scale=1.0):
+    """Images [..., C, H, W] in [−scale, scale] (the data's `data.scale`) as uint8 pixels (clamped,
+    rounded), on the CPU: the inverse of `datasets.images.to_data`."""
+    return ((x.detach().float().cpu() / scale + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def image_grid(x, nrow=None):
-    """Images [n, C, H, W] in [−1, 1] tiled into one uint8 image [C, H', W'] (about square)."""
+def image_grid(x, nrow=None, scale=1.0):
+    """Images [n, C, H, W] in [−scale, scale] tiled into one uint8 image [C, H', W'] (about square)."""
     from torchvision.utils import make_grid
     nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
-    return make_grid(to_uint8(x), nrow=nrow, padding=2, pad_value=255)
+    return make_grid(to_uint8(x, scale), nrow=nrow, padding=2, pad_value=255)
 
 
 def save_image(image, path):

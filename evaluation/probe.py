@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.images import to_data
+
 # The probe's default σ: σ_data = 0.5, EDM's data scale (c_skip = 1/2), inside the bulk of the training
 # noise (lognormal, median e^−1.2 ≈ 0.3): enough noise that the network must use the image's content,
 # little enough that the digit or object is still there. EDM2 reports no probe; DDAE's EDM setting
@@ -171,7 +173,7 @@ def probe_accuracy(model, sigma=DEFAULT_SIGMA, num_train=4000, num_test=1000, se
     try:
         features = {}
         for part, index in (('train', train_index), ('test', test_index)):
-            x = data.images[index.to(data.images.device)].to(device).float() / 127.5 - 1
+            x = to_data(data.images[index.to(data.images.device)].to(device), data.scale)
             generator = torch.Generator(device).manual_seed(seed + (part == 'test'))
             features[part] = encoder_features(denoiser, x, sigma, generator=generator, batch_size=batch_size)
     finally:

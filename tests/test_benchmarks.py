@@ -5,6 +5,7 @@ sets, tuning seeds never reported, settings fixed in files), its statistics and 
 import json
 import math
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -51,11 +52,13 @@ def classifier(digits, tmp_path_factory):
 
 
 class Sampler:
-    """Stands in for a model: `sample(n, seed, class_label)` returns n images of that class from `images`."""
+    """Stands in for a model: `sample(n, seed, class_label)` returns n images of that class from `images`,
+    a model of the data at `data.scale` `scale`."""
 
-    def __init__(self, digits, images):
+    def __init__(self, digits, images, scale=1.0):
         self.num_classes, self.images = 10, images
         self.labels = digits.labels
+        self.config = types.SimpleNamespace(data=types.SimpleNamespace(scale=scale))
 
     def sample(self, n, seed, class_label):
         index = (self.labels == class_label).nonzero()[:, 0]
@@ -74,6 +77,9 @@ def test_classifier_frechet_separates_real_digits_from_blurred_and_noise(digits,
           for name, images in (('real', real), ('blurred', blurred), ('noise', noise))}
     # 1000 real digits against all 5000: only the small-sample bias of the Fréchet distance.
     assert 0 <= fd['real'] < 0.2 * fd['blurred'] < 0.2 * fd['noise'], fd
+    # A model of the digits at data.scale 4 (mnist-x4) is scored in pixel units: the same digits, the same FD.
+    scaled = entropic_training.classifier_frechet(Sampler(digits, 4 * real, scale=4.0), model, reference, seed=0)
+    assert scaled == pytest.approx(fd['real'], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -165,6 +171,29 @@ def test_committed_protocol_and_variants_fix_the_settings():
     assert tuned == ['noise.name="lognormal"', 'noise.P_mean=-2.2', 'noise.P_std=0.8']
     assert entropic_training.noise_overrides(variants, entropic_training.grid_variant(-3.0, 1.6)) == [
         'noise.name="lognormal"', 'noise.P_mean=-3.0', 'noise.P_std=1.6']
+
+
+def test_committed_mnist_protocol_and_the_infonoise_preset():
+    """protocol-mnist.yaml (#21): seeds disjoint, evaluations at most 10% apart, a grid that reaches the
+    shift's rescaled default P_mean −1.2 + ln 4; mnist-x4 is fast.yaml at data.scale 4; the infonoise
+    variant is configs/mnist/fast-infonoise.yaml's noise section exactly."""
+    import yaml
+    protocol = entropic_training.load_protocol('benchmarks/protocol/protocol-mnist.yaml')
+    assert set(protocol['development']) == {'mnist', 'mnist-x4'} and not protocol['held_out']
+    assert not set(protocol['seeds']) & set(protocol['tuning_seeds'])
+    evals = entropic_training.eval_steps(protocol, protocol['steps'])
+    assert max(b - a for a, b in zip([0] + evals, evals)) <= 0.1 * protocol['steps']
+    assert -1.2 in protocol['tuning']['P_mean'] and max(protocol['tuning']['P_mean']) > -1.2 + math.log(4)
+    shifted = entropic_training.load_dataset_config('mnist-x4', protocol)
+    native = entropic_training.load_dataset_config('mnist', protocol)
+    assert shifted.data.scale == 4 and native.data.scale == 1
+    assert shifted.precond == native.precond and shifted.noise == native.noise
+    preset = yaml.safe_load(Path('configs/mnist/fast-infonoise.yaml').read_text())['noise']
+    spec = entropic_training.load_variants()['infonoise']
+    assert {k: v for k, v in spec['noise'].items() if k in preset} == preset and not spec['default']
+    from training.config import load_config
+    assert load_config('configs/mnist/fast.yaml', entropic_training.noise_overrides(
+        entropic_training.load_variants(), 'infonoise')).noise == load_config('configs/mnist/fast-infonoise.yaml').noise
 
 
 def test_held_out_builders_are_valid_mixtures_fixed_by_their_seed():

@@ -105,3 +105,48 @@ def test_image_config_is_checked():
         load_config(base, ['network.class_conditional=true', 'network.name=unet', 'network.preset=ddpmpp-tiny'])
     data = build_dataset(load_config(base, ['data.name=mnist-5k', 'data.resolution=28', 'network.name=unet', 'network.preset=ddpmpp-tiny']).data)
     assert data.shape == (1, 28, 28)
+
+
+def test_data_scale_multiplies_the_data_and_pixels_come_back_whole():
+    """data.scale a (a representation shift): the data are a·(k/127.5 − 1), the same draws otherwise, and
+    `plots.to_uint8` at that scale gives back every 8-bit value k."""
+    from datasets.images import to_data
+    from evaluation import plots
+    base = 'configs/toy/default.yaml'
+    images = ['data.name=mnist-5k', 'data.resolution=28', 'network.name=unet', 'network.preset=ddpmpp-tiny']
+    x1, y1 = build_dataset(load_config(base, images).data).sample(64, generator=torch.Generator().manual_seed(0), labels=True)
+    x4, y4 = build_dataset(load_config(base, images + ['data.scale=4']).data).sample(
+        64, generator=torch.Generator().manual_seed(0), labels=True)
+    assert torch.equal(y4, y1) and torch.allclose(x4, 4 * x1) and x4.min() == -4
+    pixels = torch.arange(256, dtype=torch.uint8)
+    for scale in (0.25, 1.0, 4.0):
+        assert torch.equal(plots.to_uint8(to_data(pixels, scale), scale), pixels)
+    with pytest.raises(ConfigError, match="data.scale: only images have a pixel range to scale .data.name is 'ring'"):
+        load_config(base, ['data.scale=2'])
+    with pytest.raises(ConfigError, match=r'data.scale: must be a positive number \(got 0'):
+        load_config(base, images + ['data.scale=0'])
+
+
+@pytest.mark.slow
+def test_sample_writes_the_pixels_of_a_model_trained_at_another_scale(tmp_path):
+    """sample.py --seeds on a model trained with data.scale 4 writes the 8-bit images of its samples
+    divided by 4 (without the division nearly every pixel would saturate)."""
+    import subprocess
+    import sys
+
+    from torchvision.io import read_image
+
+    import train
+    from evaluation import plots
+    from sampling_model import load_model
+    run_dir = tmp_path / 'scaled'
+    train.main(['--config', 'configs/mnist/small.yaml', 'network.preset=ddpmpp-tiny', 'trainer.max_steps=2',
+                'trainer.batch_size=4', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
+                'noise.spectrum_samples=256', 'data.scale=4', f'run_dir={run_dir}'])
+    ckpt = run_dir / 'checkpoints' / 'last.ckpt'
+    subprocess.run([sys.executable, 'sample.py', '--ckpt', str(ckpt), '--seeds', '0-3', '--steps', '2', '--quiet',
+                    '--out', str(tmp_path / 'out')], check=True, capture_output=True)
+    model = load_model(ckpt, device='cpu')
+    expected = plots.to_uint8(model.sample(seeds=[0, 1, 2, 3], steps=2, class_label='random'), 4)
+    written = torch.stack([read_image(str(tmp_path / 'out' / f'{seed:06d}.png')) for seed in range(4)])
+    assert torch.equal(written, expected)

@@ -72,16 +72,20 @@ def test_bits_per_dim():
     assert bits_per_dim(torch.tensor([2 * math.log(2) * 3]), 3).item() == pytest.approx(2.0)
 
 
-def test_image_bits_per_dim_is_the_dequantised_bound_of_the_discrete_likelihood():
-    """8-bit images of a Gaussian N(μ, s²I) in data units: the dequantised estimate matches its closed
-    form E_u[−log p(x + u)] − d·log Δ, and bounds the exact discrete NLL −log Π P(pixel bin) from above."""
+@pytest.mark.parametrize('scale', [1.0, 4.0])
+def test_image_bits_per_dim_is_the_dequantised_bound_of_the_discrete_likelihood(scale):
+    """8-bit images of a Gaussian N(μ, s²I) in pixel units [−1, 1]: the dequantised estimate matches its
+    closed form E_u[−log p(x + u)] − d·log Δ, and bounds the exact discrete NLL −log Π P(pixel bin) from
+    above. A model of the data at `data.scale` a (the Gaussian N(aμ, a²s²I)) gives the same bits/dim:
+    the pixels' probabilities do not depend on the units the model works in."""
     from entropy.likelihood import PIXEL_STEP, image_bits_per_dim
     mean, s, d = 0.1, 0.3, 12
     pixels = ((mean + s * torch.randn(400, 3, 2, 2, generator=gen(0))).clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8)
 
-    def denoiser(x, sigma):
-        return mean + s ** 2 / (s ** 2 + sigma[:, None, None, None] ** 2) * (x - mean)
-    estimate = image_bits_per_dim(denoiser, pixels, generator=gen(1), num_points=48, num_noise=8)
+    def denoiser(x, sigma):  # in the model's units: data scale·(k/127.5 − 1)
+        m, v = scale * mean, (scale * s) ** 2
+        return m + v / (v + sigma[:, None, None, None] ** 2) * (x - m)
+    estimate = image_bits_per_dim(denoiser, pixels, generator=gen(1), scale=scale, num_points=48, num_noise=8)
     centre = pixels.double().flatten(1) / 127.5 - 1
     # E_u[(x + u − μ)²] = (x − μ)² + Δ²/12 for u uniform on a bin of width Δ.
     dequantised = (0.5 * d * math.log(2 * math.pi * s ** 2) + ((centre - mean).square().sum(1) + d * PIXEL_STEP ** 2 / 12)

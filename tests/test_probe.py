@@ -95,6 +95,8 @@ class _PassThrough(nn.Module):
 
 
 class _Data:
+    scale = 1.0  # data.scale, as ImageData has it
+
     def __init__(self, images, labels, num_classes=10):
         self.name, self.images, self.labels, self.num_classes = 'stand-in', images, labels, num_classes
 

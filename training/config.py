@@ -44,6 +44,9 @@ class DataConfig:
     download: bool = False
     resolution: int = 32
     xflip: bool = False  # random horizontal flips (CIFAR-10)
+    # Images: the data values are scale·(k/127.5 − 1) for pixels k = 0..255, [−1, 1] by default. Another
+    # scale is a representation shift (sigma_data and the σ ranges are not changed with it).
+    scale: float = 1.0
     # gmm: mixture given in the config; exactly one of `stds` (isotropic) and `covs`.
     weights: Optional[list[float]] = None
     means: Optional[list[list[float]]] = None
@@ -55,6 +58,10 @@ class DataConfig:
     mixture_seed: int = 20
 
     def validate(self):
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ConfigError(f"data.scale: must be a positive number (got {self.scale})")
+        if self.scale != 1 and self.name not in IMAGE_DATA:
+            raise ConfigError(f"data.scale: only images have a pixel range to scale (data.name is '{self.name}')")
         if self.mixture_seed < 0:
             raise ConfigError(f"data.mixture_seed: must be >= 0 (got {self.mixture_seed})")
         if self.name == 'gmm':

@@ -345,7 +345,7 @@ class EDMModule(L.LightningModule):
         model = self.sampling_model()
         x = model.sample(s.num, seed=0)
         if len(self.dataset.shape) == 3:
-            tb.add_image('samples', plots.image_grid(x), step)
+            tb.add_image('samples', plots.image_grid(x, scale=self.dataset.scale), step)
             t = self.config.trainer
             if t.probe:  # its own generators: the training streams are untouched
                 tb.add_scalar('eval/probe_accuracy', probe_accuracy(
