@@ -24,8 +24,9 @@ Every metric has its floor: the same sampler, noise and scoring with the data's 
 MNIST (`configs/mnist/fast.yaml`, the 5,000 bundled digits; `mnist-x4`: the same at `data.scale=4`, a
 representation shift): 1000 samples, 100 of each class (conditional, guidance 1), scored by the Fréchet
 distance in the features of the project's digit classifier (`fid.py --features classifier`; trained once
-per machine and cached) against all 5,000 digits. Fréchet distances compare only within one classifier: each MNIST run records its classifier's
-fingerprint, and a cached run or a summary that mixes classifiers stops with an error.
+per machine and cached) against all 5,000 digits. Fréchet distances compare only within one
+classifier: each MNIST run records its classifier's fingerprint, and a cached run or a summary that
+mixes classifiers stops with an error.
 
 Baselines: EDM's default lognormal, log-uniform, and a lognormal tuned per dataset on a (P_mean, P_std)
 grid trained on the protocol's tuning seeds, which are never reported (the protocol's reported and
