@@ -39,6 +39,7 @@ import sampling
 from benchmarks.seed_statistics import paired_difference
 from datasets.images import to_data
 from entropy import EntropyProfile
+from evaluation.plots import to_uint8
 from evaluation.fidelity import DigitClassifier, cached_classifier
 from sampling_model import load_model
 
@@ -78,7 +79,7 @@ class Scorer:
 
     @torch.no_grad()
     def features(self, images):
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # as written to 8-bit PNGs
+        pixels = to_data(to_uint8(images))  # as written to 8-bit PNGs
         return torch.cat([self.classifier.features(chunk) for chunk in pixels.split(BATCH)]).double()
 
     def score(self, images):

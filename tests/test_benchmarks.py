@@ -121,8 +121,6 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
         entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
 
 
-
-
 # ---------------------------------------------------------------------------------------------- toy protocol
 
 TINY_PROTOCOL = """
