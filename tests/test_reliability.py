@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -361,6 +362,18 @@ def test_numbers_yaml_reads_as_strings_are_accepted():
         load_config('configs/toy/default.yaml', ['optim.lr=fast'])
 
 
+def test_every_float_setting_rejects_inf_and_nan_by_name():
+    # optim.weight_decay=inf once trained to nan weights, and noise.P_mean=inf to an all-skipped run.
+    tree = config_to_dict(load_config('configs/toy/default.yaml'))
+    floats = [path for path in _leaves(tree) if type(_get(tree, path)) is float]
+    assert {('optim', 'weight_decay'), ('noise', 'P_mean'), ('noise', 'loc')} <= set(floats)
+    for path in floats:
+        key = '.'.join(path)
+        for value in ('inf', '-inf', 'nan'):
+            with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be a finite number \(got {value}\)$"):
+                load_config('configs/toy/default.yaml', [f'{key}={value}'])
+
+
 def _mutations(value):
     """Plausible mistakes, and plausible changes, for one config value."""
     common = [None, 'nonsense', [], {}, True, -1, 0]
@@ -384,6 +397,12 @@ def _leaves(tree, prefix=()):
             yield from _leaves(value, prefix + (key,))
         else:
             yield prefix + (key,)
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 def _set(tree, path, value):
@@ -423,10 +442,7 @@ def test_randomly_mutated_configs_are_accepted_and_train_or_rejected_in_one_line
                 tree[path[0]] = rand.choice((None, 3, 'x'))
                 paths = list(_leaves(tree))
             else:
-                current = tree
-                for key in path:
-                    current = current[key]
-                _set(tree, path, rand.choice(_mutations(current)))
+                _set(tree, path, rand.choice(_mutations(_get(tree, path))))
             mutated.add('.'.join(path))
         try:
             config = config_from_dict(tree)

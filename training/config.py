@@ -360,8 +360,8 @@ def _coerce(value, tp, key):
             value = _number(value, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: must be a number (got {value!r})")
-        if math.isnan(value):
-            raise ConfigError(f"{key}: must be a number (got nan)")
+        if not math.isfinite(value):  # no setting means anything at inf (an inf weight decay turns the weights to nan)
+            raise ConfigError(f"{key}: must be a finite number (got {value})")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
