@@ -13,10 +13,14 @@ Scores, mean ± standard error over the draws (ddof = 1): reverse KL(q‖p) with
 Wasserstein distance to fresh samples of the mixture, and, for the exact denoiser, the RMS distance
 of each endpoint to a 512-step Heun solution from the same noise (the discretisation error itself).
 A schedule is reported better than karras at a point only where the 95% t-intervals of the paired
-differences of both reverse KL and SWD lie below zero. Writes DIR/results.md and DIR/nfe.png.
+differences of both reverse KL and SWD lie below zero. Writes DIR/results.md and DIR/nfe.png; each
+model's rows are cached in DIR/rows/ as soon as they are measured, so a killed run resumes from the
+models it finished (a cache measured with other --nfe, --num or --draws is measured again).
 """
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,7 @@ from entropy.profile import EntropyProfile
 from entropy.surrogate import surrogate_sigmas
 from evaluation.divergence import reverse_kl
 from evaluation.metrics import sliced_wasserstein
+from files import write_atomically
 from sampling_model import load_model
 from training.config import DataConfig
 
@@ -75,6 +80,19 @@ def evaluate(label, denoiser, mixture, nfes, num, draws, exact):
                     if reference is not None:
                         row['rmse'] = (x - reference).square().sum(1).mean().sqrt().item()
                     rows.append(row)
+    return rows
+
+
+def cached_evaluate(out, label, denoiser, mixture, nfes, num, draws, exact):
+    """`evaluate`'s rows, from DIR/rows/ when that model was measured with these settings."""
+    settings = {'model': label, 'nfe': list(nfes), 'num': num, 'draws': draws, 'schedules': list(SCHEDULES)}
+    path = Path(out) / 'rows' / (hashlib.sha256(label.encode()).hexdigest()[:16] + '.json')
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached['settings'] == settings:
+            return cached['rows']
+    rows = evaluate(label, denoiser, mixture, nfes, num, draws, exact)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps({'settings': settings, 'rows': rows})))
     return rows
 
 
@@ -147,15 +165,15 @@ def main():
     parser.add_argument('--out', default='benchmarks/results/entropic_sampling')
     args = parser.parse_args()
     torch.set_num_threads(1)
+    out = Path(args.out)
     rows = []
     for name in args.datasets:
         mixture = build_dataset(DataConfig(name=name)).mixture
-        rows += evaluate(f'{name}, exact denoiser', mixture, mixture, args.nfe, args.num, args.draws, exact=True)
+        rows += cached_evaluate(out, f'{name}, exact denoiser', mixture, mixture, args.nfe, args.num, args.draws, exact=True)
     for ckpt in args.ckpt:
         model = load_model(ckpt, device='cpu')
-        rows += evaluate(f'{model.config.data.name}, trained ({ckpt})', model.sampling_denoiser(),
-                         model.dataset.mixture, args.nfe, args.num, args.draws, exact=False)
-    out = Path(args.out)
+        rows += cached_evaluate(out, f'{model.config.data.name}, trained ({ckpt})', model.sampling_denoiser(),
+                                model.dataset.mixture, args.nfe, args.num, args.draws, exact=False)
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows)
     (out / 'results.md').write_text(text + '\n')

@@ -38,3 +38,18 @@ def test_exact_denoiser_run_scores_every_schedule_on_paired_draws():
         assert (many < few).all(), solver
     text = bench.table(rows)
     assert 'mean ± standard error over 2 noise draws' in text and '| heun | 31 |' in text
+
+
+def test_each_model_is_cached_when_measured_and_remeasured_only_for_other_settings(tmp_path, monkeypatch):
+    mixture = build_dataset(DataConfig(name='ring')).mixture
+    rows = bench.cached_evaluate(tmp_path, 'ring, exact denoiser', mixture, mixture, nfes=[4], num=200, draws=1, exact=True)
+    measured = []
+    monkeypatch.setattr(bench, 'evaluate', lambda *args, **kwargs: measured.append(args) or [{'fresh': True}])
+    # A later run (after a kill, say) takes the finished model from DIR/rows/ as it was measured.
+    again = bench.cached_evaluate(tmp_path, 'ring, exact denoiser', mixture, mixture, nfes=[4], num=200, draws=1, exact=True)
+    assert again == rows and not measured
+    assert bench.cached_evaluate(tmp_path, 'ring, exact denoiser', mixture, mixture, nfes=[4], num=300, draws=1,
+                                 exact=True) == [{'fresh': True}]
+    assert bench.cached_evaluate(tmp_path, 'tree, exact denoiser', mixture, mixture, nfes=[4], num=300, draws=1,
+                                 exact=True) == [{'fresh': True}]
+    assert len(measured) == 2
