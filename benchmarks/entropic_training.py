@@ -35,7 +35,8 @@ needs to reach its own value at 25/50/100% of the budget ÷ steps the variant ne
 (`benchmarks.seed_statistics`: interpolated in log steps); the median over seeds with a bootstrap 95%
 interval. Paired differences of every metric at those steps with t intervals. Curves are never averaged
 before a ratio. Each run's result is cached in DIR/runs/*.json (tuning runs in DIR/tuning/), so an
-interrupted sweep resumes; DIR/results.md and DIR/curves.png summarise, and `--summarise-only`
+interrupted sweep resumes; a run whose settings equal another variant's cached run (the tuned
+lognormal where the tuning picks EDM's default) is that run, copied with `same_as`; DIR/results.md and DIR/curves.png summarise, and `--summarise-only`
 reproduces them from the cache.
 """
 
@@ -322,6 +323,18 @@ def run_settings(dataset, variant, seed, steps, protocol, variants, tuned=None):
             'evaluation': None if dataset in IMAGES else protocol['evaluation']}
 
 
+def cached_twin(out, dataset, variant, seed, variants, settings):
+    """The cached run of another variant with exactly these settings (the tuned lognormal where the tuning
+    picks EDM's default), marked `same_as`: one run, not two trained alike. None if there is none."""
+    for other in variants:
+        path = run_path(out, dataset, other, seed)
+        if other != variant and path.is_file():
+            cached = json.loads(path.read_text())
+            if cached.get('settings') == settings:
+                return {**cached, 'same_as': other}
+    return None
+
+
 def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None, variants=None, tuned=None):
     """Train one configuration (or return its cached result); returns {'step': [...], one list per metric,
     'sigma_q10_50_90': [...], 'settings', 'wall_s', 'cpu_s', 'eval_s', 'eval_cpu_s'} (seconds: wall and
@@ -354,6 +367,10 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
             raise SystemExit(f'{path}: trained or scored with other settings ({cached.get("settings")}) than now '
                              f'({settings}): move it aside or use another --out')
         return cached
+    twin = cached_twin(out, dataset, variant, seed, variants, settings)
+    if twin is not None and (dataset not in IMAGES or twin.get('classifier') == fingerprint):
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(twin)))
+        return twin
     evaluation = protocol['evaluation']
 
     class Evaluate(L.Callback):

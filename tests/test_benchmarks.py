@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train
 from benchmarks import entropic_training, train_overhead
 from datasets.images import mnist_5k
 from evaluation import fidelity
@@ -280,6 +281,27 @@ def test_the_tuned_lognormal_is_chosen_on_the_tuning_seeds_only(tmp_path):
     del results['ring', c, 100]
     with pytest.raises(KeyError, match='tuning runs missing'):
         entropic_training.choose_tuned(results, 'ring', protocol)
+
+
+def test_a_tuned_run_equal_to_another_variant_is_taken_from_its_cache_not_trained_again(tmp_path, monkeypatch):
+    protocol, variants = entropic_training.load_protocol(tiny_protocol(tmp_path)), entropic_training.load_variants()
+    out, default = tmp_path / 'out', {'P_mean': -1.2, 'P_std': 1.2}  # EDM's default, the `lognormal` variant
+    settings = entropic_training.run_settings('ring', 'lognormal', 0, 8, protocol, variants)
+    lognormal = {**fake_run([4, 8], kl=[1.0, 0.5], swd=[0.1, 0.05]), 'settings': settings, 'cpu_s': 60.0}
+    entropic_training.run_path(out, 'ring', 'lognormal', 0).parent.mkdir(parents=True)
+    entropic_training.run_path(out, 'ring', 'lognormal', 0).write_text(json.dumps(lognormal))
+
+    def no_training(*args):
+        raise AssertionError('trained')
+    monkeypatch.setattr(train, 'build_trainer', no_training)
+    run = lambda seed, tuned: entropic_training.run_one('ring', 'lognormal-tuned', seed, 8, {4, 8}, out, 1, protocol,
+                                                        variants, tuned)
+    with pytest.raises(AssertionError, match='trained'):  # another P_mean, or another seed: a run of its own
+        run(0, {'P_mean': -2.2, 'P_std': 1.2})
+    with pytest.raises(AssertionError, match='trained'):
+        run(1, default)
+    assert run(0, default) == {**lognormal, 'same_as': 'lognormal'}
+    assert json.loads(entropic_training.run_path(out, 'ring', 'lognormal-tuned', 0).read_text())['same_as'] == 'lognormal'
 
 
 def test_speedups_are_per_seed_and_joint_needs_both_metrics():
