@@ -581,10 +581,11 @@ def dataset_section(results, dataset, variants, baseline, seeds, protocol, floor
                      + f' | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} |')
 
     keys = ['fd'] if images else ['kl', 'swd']
-    columns = [(m, f) for m in keys + ['joint'] for f in fractions]
+    columns = [(m, f) for m in keys + ['joint'] * (len(keys) > 1) for f in fractions]  # one metric: joint is it
     lines += ['', f'Speed-up against {baseline}: per seed, the steps {baseline} needs to reach its own value at a '
-              'fraction of the budget ÷ the steps the variant needs (log-step interpolation; 0: never reached; '
-              '"joint": all of ' + ', '.join(keys) + ' reached); median over seeds [95% bootstrap interval]:', '',
+              'fraction of the budget ÷ the steps the variant needs (log-step interpolation; 0: never reached'
+              + ('; "joint": all of ' + ', '.join(keys) + ' reached' if len(keys) > 1 else '')
+              + '); median over seeds [95% bootstrap interval]:', '',
               '| σ distribution | ' + ' | '.join(f'{m} {f:.0%}' for m, f in columns) + ' |',
               '| --- |' + ' --- |' * len(columns)]
     for v in variants:
