@@ -35,7 +35,8 @@ needs to reach its own value at 25/50/100% of the budget ÷ steps the variant ne
 (`benchmarks.seed_statistics`: interpolated in log steps); the median over seeds with a bootstrap 95%
 interval. Paired differences of every metric at those steps with t intervals. Curves are never averaged
 before a ratio. Each run's result is cached in DIR/runs/*.json (tuning runs in DIR/tuning/), so an
-interrupted sweep resumes; a run whose settings equal another variant's cached run (the tuned
+interrupted sweep resumes; a run trains in DIR/partial/ with a checkpoint every 10% of its budget, and a
+killed one resumes from it (bit-identical curves; its seconds count the steps the checkpoint kept); a run whose settings equal another variant's cached run (the tuned
 lognormal where the tuning picks EDM's default) is that run, copied with `same_as`; DIR/results.md and DIR/curves.png summarise, and `--summarise-only`
 reproduces them from the cache.
 """
@@ -46,7 +47,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -335,6 +336,12 @@ def cached_twin(out, dataset, variant, seed, variants, settings):
     return None
 
 
+def partial_dir(out, dataset, variant, seed, settings):
+    """Where a run trains until it is cached: named by its settings, so a changed protocol starts afresh."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(out) / 'partial' / f'{dataset}-{variant}-{seed}-{digest}'
+
+
 def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None, variants=None, tuned=None):
     """Train one configuration (or return its cached result); returns {'step': [...], one list per metric,
     'sigma_q10_50_90': [...], 'settings', 'wall_s', 'cpu_s', 'eval_s', 'eval_cpu_s'} (seconds: wall and
@@ -348,6 +355,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
     from datasets.images import to_data
     from entropy.profile import EntropyProfile
     from evaluation.fidelity import DigitClassifier
+    from training.checkpoint import read_checkpoint
     from training.module import EDMModule
     from training.noise import profile_kwargs
 
@@ -374,12 +382,25 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
     evaluation = protocol['evaluation']
 
     class Evaluate(L.Callback):
+        """Scores the model at the `evals` steps; its state (the scores so far, and the seconds spent in the
+        steps a checkpoint keeps) goes into the run's checkpoints, so a resumed run continues the curves."""
         def __init__(self):
             self.result = {'step': [], 'sigma_q10_50_90': []}
             if dataset in IMAGES:
                 self.result['classifier'] = fingerprint
             self.toy = None  # `toy_reference` of the run's mixture, built at its first evaluation
             self.seconds = self.cpu_seconds = 0.0
+            self.before = (0.0, 0.0)  # wall and CPU seconds of the run before this process resumed it
+            self.start = (time.perf_counter(), time.process_time())
+
+        def elapsed(self):
+            return (self.before[0] + time.perf_counter() - self.start[0], self.before[1] + time.process_time() - self.start[1])
+
+        def state_dict(self):
+            return {'result': self.result, 'eval': (self.seconds, self.cpu_seconds), 'elapsed': self.elapsed()}
+
+        def load_state_dict(self, state):
+            self.result, (self.seconds, self.cpu_seconds), self.before = state['result'], state['eval'], state['elapsed']
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if trainer.global_step not in evals:
@@ -401,34 +422,42 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
             self.seconds += time.perf_counter() - start
             self.cpu_seconds += time.process_time() - start_cpu
 
-    wall, cpu = time.perf_counter(), time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_dataset_config(dataset, protocol, settings['noise'] + [
-            f'seed={seed}', f'trainer.max_steps={steps}', f'run_dir={tmp}', 'trainer.progress_bar=false',
-            f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={10 * steps}', 'trainer.log_every=500'])
-        torch.manual_seed(seed)
-        model = EDMModule(config)
-        if dataset in IMAGES:
-            classifier = DigitClassifier()
-            classifier.load_state_dict(torch.load(weights, weights_only=True)['state_dict'])
-            classifier.eval()
-            with torch.no_grad():
-                reference = classifier.features(to_data(model.dataset.images.cpu()))
-        if parse_grid_variant(variant) is None and variants[variant]['oracle']:
-            mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
-            model.profile.load_state_dict(EntropyProfile.from_denoiser(
-                mixture, lambda n: mixture.sample(n, generator=gen), config.noise.sigma_min, config.noise.sigma_max,
-                num_points=config.noise.num_bins, samples_per_point=4096, generator=gen, batch_size=1 << 16,
-                spectrum=model.profile.spectrum, **profile_kwargs(config.noise, model.dataset.dim)).state_dict())
-        trainer = train.build_trainer(config, Path(tmp))
-        evaluate = Evaluate()
-        trainer.callbacks.append(evaluate)
-        trainer.fit(model)
-    if trainer.global_step < steps:  # stopped early (a signal): not a result to cache
+    # Trained in DIR/partial/ with a checkpoint every 10% of the budget: a killed run resumes from its last one.
+    work = partial_dir(out, dataset, variant, seed, settings)
+    last = work / 'checkpoints' / 'last.ckpt'
+    config = load_dataset_config(dataset, protocol, settings['noise'] + [
+        f'seed={seed}', f'trainer.max_steps={steps}', f'run_dir={work}', 'trainer.progress_bar=false',
+        f'trainer.plot_every={10 * steps}', f'trainer.ckpt_every={max(steps // 10, 1)}', 'trainer.log_every=500'])
+    checkpoint = None
+    if last.is_file():
+        config.resume = str(last)
+        checkpoint, _ = read_checkpoint(last)
+    evaluate = Evaluate()
+    torch.manual_seed(seed)
+    model = EDMModule(config, spectrum=checkpoint is None)  # a checkpoint brings its spectrum
+    if dataset in IMAGES:
+        classifier = DigitClassifier()
+        classifier.load_state_dict(torch.load(weights, weights_only=True)['state_dict'])
+        classifier.eval()
+        with torch.no_grad():
+            reference = classifier.features(to_data(model.dataset.images.cpu()))
+    if checkpoint is None and parse_grid_variant(variant) is None and variants[variant]['oracle']:  # else: the checkpoint's
+        mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
+        model.profile.load_state_dict(EntropyProfile.from_denoiser(
+            mixture, lambda n: mixture.sample(n, generator=gen), config.noise.sigma_min, config.noise.sigma_max,
+            num_points=config.noise.num_bins, samples_per_point=4096, generator=gen, batch_size=1 << 16,
+            spectrum=model.profile.spectrum, **profile_kwargs(config.noise, model.dataset.dim)).state_dict())
+    trainer = train.build_trainer(config, work, checkpoint)
+    # Before `Checkpoints`: the checkpoint of an evaluation step holds that step's scores.
+    trainer.callbacks.insert(0, evaluate)
+    trainer.fit(model, ckpt_path=config.resume)
+    if trainer.global_step < steps:  # stopped early (a signal): resumed from its checkpoint next time
         raise RuntimeError(f'{dataset} {variant} seed {seed}: stopped at step {trainer.global_step} of {steps}')
-    evaluate.result.update(settings=settings, wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu,
-                           eval_s=evaluate.seconds, eval_cpu_s=evaluate.cpu_seconds)
+    wall, cpu = evaluate.elapsed()
+    evaluate.result.update(settings=settings, wall_s=wall, cpu_s=cpu, eval_s=evaluate.seconds,
+                           eval_cpu_s=evaluate.cpu_seconds)
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(evaluate.result)))  # a kill leaves no half a cache
+    shutil.rmtree(work)
     key = 'fd' if dataset in IMAGES else 'kl'
     print(f'{dataset:10s} {variant:20s} seed {seed}: {key} {[round(v, 4) for v in evaluate.result[key]]} '
           f'({evaluate.result["wall_s"]:.0f} s)', flush=True)

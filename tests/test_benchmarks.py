@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -303,6 +304,57 @@ def test_a_tuned_run_equal_to_another_variant_is_taken_from_its_cache_not_traine
         run(1, default)
     assert run(0, default) == {**lognormal, 'same_as': 'lognormal'}
     assert json.loads(entropic_training.run_path(out, 'ring', 'lognormal-tuned', 0).read_text())['same_as'] == 'lognormal'
+
+
+class _Killed(Exception):
+    pass
+
+
+class _Crash(L.Callback):
+    """Raises at the end of step `at`, after that step's checkpoint: a process killed there."""
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise _Killed(f'killed at {self.at}')
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_curves(tmp_path, monkeypatch):
+    protocol, variants = entropic_training.load_protocol(tiny_protocol(tmp_path)), entropic_training.load_variants()
+    run = lambda out: entropic_training.run_one('ring', 'lognormal', 0, 20, {2, 10, 20}, out, 1, protocol, variants)
+    uninterrupted = run(tmp_path / 'uninterrupted')
+    curves = [key for key in uninterrupted if isinstance(uninterrupted[key], list)]
+    assert {'step', 'kl', 'swd', 'nll', 'sigma_q10_50_90'} <= set(curves) and uninterrupted['step'] == [2, 10, 20]
+    build = train.build_trainer
+    # Killed on an evaluation step (its checkpoint must hold that step's scores), between checkpoints
+    # (every 2 steps here: resumed from step 12), and on the last step before the result was cached.
+    for at, resumed_from in ((10, 10), (13, 12), (20, 20)):
+        out = tmp_path / f'killed-{at}'
+        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), _Crash(at)))
+        with pytest.raises(_Killed, match=f'killed at {at}'):
+            run(out)
+        assert not entropic_training.run_path(out, 'ring', 'lognormal', 0).exists()
+        steps = _Steps()
+        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), steps))
+        resumed = run(out)
+        assert steps.trained == list(range(resumed_from + 1, 21)), at  # only what the checkpoint had not done
+        assert {key: resumed[key] for key in curves} == {key: uninterrupted[key] for key in curves}, at
+        assert not any((out / 'partial').iterdir())  # the training folder goes once the result is cached
+
+
+class _Steps(L.Callback):
+    def __init__(self):
+        self.trained = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.trained.append(trainer.global_step)
+
+
+def _with_callback(trainer, callback):  # after the run's own callbacks, `Checkpoints` included
+    trainer.callbacks.append(callback)
+    return trainer
 
 
 def test_speedups_are_per_seed_and_joint_needs_both_metrics():
