@@ -100,6 +100,15 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
         assert results['mnist', variant, 0]['step'] == [2, 4]
         assert all(value > 0 for value in results['mnist', variant, 0]['fd'])
         assert 'gap' not in results['mnist', variant, 0]
+    # Killed after step 3's checkpoint, an image run resumes to the uninterrupted scores.
+    build, killed = train.build_trainer, tmp_path / 'killed'
+    monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), _Crash(3)))
+    with pytest.raises(_Killed):
+        entropic_training.run_one('mnist', 'lognormal', 0, steps=4, evals={2, 4}, out=killed)
+    monkeypatch.setattr(train, 'build_trainer', build)
+    resumed = entropic_training.run_one('mnist', 'lognormal', 0, steps=4, evals={2, 4}, out=killed)
+    assert (resumed['fd'], resumed['sigma_q10_50_90']) == (results['mnist', 'lognormal', 0]['fd'],
+                                                         results['mnist', 'lognormal', 0]['sigma_q10_50_90'])
     cached = json.loads((out / 'runs' / 'mnist-structure-0.json').read_text())
     assert cached == results['mnist', 'structure', 0]
     fingerprint = entropic_training.classifier_fingerprint(classifier[1])
