@@ -29,7 +29,7 @@ classifier: each MNIST run records its classifier's fingerprint, and a cached ru
 mixes classifiers stops with an error.
 
 Baselines: EDM's default lognormal, log-uniform, and a lognormal tuned per dataset on a (P_mean, P_std)
-grid trained on the protocol's tuning seeds, which are never reported (the protocol's reported and
+grid trained on the protocol's tuning seeds, scored at their last step and never reported (the protocol's reported and
 tuning seeds must be disjoint; every entry point checks). Speed-up, per seed: steps the tuned baseline
 needs to reach its own value at 25/50/100% of the budget ÷ steps the variant needs to reach it
 (`benchmarks.seed_statistics`: interpolated in log steps); the median over seeds with a bootstrap 95%
@@ -491,6 +491,12 @@ def choose_tuned(results, dataset, protocol):
     return {'P_mean': grid[best][0], 'P_std': grid[best][1], 'rows': rows}
 
 
+def grid_edge(value, key, protocol):
+    """Whether `value` is the lowest or highest of the tuning grid's `key` values (of which there are several)."""
+    values = protocol['tuning'][key]
+    return len(values) > 1 and value in (min(values), max(values))
+
+
 # ------------------------------------------------------------------------------------ the summary
 
 def _number(x, digits=3):
@@ -688,6 +694,9 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
                 continue
             for P_mean, P_std, means, rank in tuning[d]['rows']:
                 chosen = '**chosen**' if (P_mean, P_std) == (tuning[d]['P_mean'], tuning[d]['P_std']) else ''
+                if chosen and len(tuning[d]['rows']) > 1 and (grid_edge(P_mean, 'P_mean', protocol)
+                                                               or grid_edge(P_std, 'P_std', protocol)):
+                    chosen += ' (at the edge of the grid: the best setting may lie beyond it)'
                 lines.append(f'| {d} | {P_mean} | {P_std} | ' + ' | '.join(_number(means.get(m)) for m in metrics)
                              + f' | {rank:.1f} | {chosen} |')
         lines.append('')
@@ -827,9 +836,10 @@ def main(argv=None):
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     jobs = [(d, v, s) for s in seeds for d in datasets for v in variants if v not in tuned_variants]
     with ProcessPoolExecutor(args.workers) as pool:
-        submit = lambda job, tuned=None: pool.submit(run_one, *job, steps, set(evals), out, threads, protocol,
-                                                     specs, tuned)
-        tuning_futures = {job: submit(job) for job in tuning_jobs}  # first: the tuned runs wait for them
+        submit = lambda job, tuned=None, at=evals: pool.submit(run_one, *job, steps, set(at), out, threads, protocol,
+                                                               specs, tuned)
+        # First, as the tuned runs wait for them; scored at their last step only, all the choice reads.
+        tuning_futures = {job: submit(job, at=[steps]) for job in tuning_jobs}
         futures = {job: submit(job) for job in jobs}
         tuning_results = {job: f.result() for job, f in tuning_futures.items()}
         tuning = {d: choose_tuned(tuning_results, d, protocol) for d in datasets} if tuned_variants else {}

@@ -289,6 +289,9 @@ def test_the_tuned_lognormal_is_chosen_on_the_tuning_seeds_only(tmp_path):
     # ranks (kl, swd): a (2, 2), b (1, 4), c (3, 1), d (4, 3) -> means 2, 2.5, 2, 3.5; a and c tie, a has the lower kl
     assert (choice['P_mean'], choice['P_std']) == (-2.2, 1.0)
     assert [row[3] for row in choice['rows']] == [2.0, 2.5, 2.0, 3.5]
+    assert [entropic_training.grid_edge(m, 'P_mean', {'tuning': {'P_mean': [-2.0, -1.2, 0.4]}}) for m in (-2.0, -1.2, 0.4)] \
+        == [True, False, True]
+    assert not entropic_training.grid_edge(1.2, 'P_std', {'tuning': {'P_std': [1.2]}})  # a fixed value is no edge
     del results['ring', c, 100]
     with pytest.raises(KeyError, match='tuning runs missing'):
         entropic_training.choose_tuned(results, 'ring', protocol)
@@ -423,6 +426,7 @@ def test_tiny_toy_benchmark_end_to_end(tmp_path, capsys):
     assert runs == sorted(f'{d}-{v}-{s}.json' for d in ('ring', 'pinwheel') for v in ('lognormal', 'lognormal-tuned')
                           for s in (0, 1))
     assert len(list((out / 'tuning').iterdir())) == 4 and all('-100.json' in p.name for p in (out / 'tuning').iterdir())
+    assert all(json.loads(p.read_text())['step'] == [8] for p in (out / 'tuning').iterdir())  # the choice reads no more
     run = json.loads((out / 'runs' / 'pinwheel-lognormal-tuned-0.json').read_text())
     assert run['step'] == [1, 2, 3, 4, 5, 6, 7, 8]
     for key in ('kl', 'swd', 'mmd', 'nll', 'occupancy_kl', 'cross_entropy'):
@@ -442,6 +446,7 @@ def test_tiny_toy_benchmark_end_to_end(tmp_path, capsys):
                    'mode occupancy KL (nats)', 'cross-entropy E_q[−log p] − H(p) (nats; not a divergence)'):
         assert column in table
     assert f"| exact denoiser (floor) | {entropic_training._mean_se([f['kl'] for f in floors])} |" in held_out
+    assert '**chosen** (at the edge of the grid: the best setting may lie beyond it)' in table  # of two P_means
     assert '| lognormal | 2 (25%) |' in table and 'Δ kl' in table  # paired differences at the speed-up fractions
     assert '| dataset | P_mean | P_std |' in table and '**chosen**' in table
 
