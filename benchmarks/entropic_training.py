@@ -29,16 +29,17 @@ classifier: each MNIST run records its classifier's fingerprint, and a cached ru
 mixes classifiers stops with an error.
 
 Baselines: EDM's default lognormal, log-uniform, and a lognormal tuned per dataset on a (P_mean, P_std)
-grid trained on the protocol's tuning seeds, scored at their last step and never reported (the protocol's reported and
-tuning seeds must be disjoint; every entry point checks). Speed-up, per seed: steps the tuned baseline
-needs to reach its own value at 25/50/100% of the budget ÷ steps the variant needs to reach it
-(`benchmarks.seed_statistics`: interpolated in log steps); the median over seeds with a bootstrap 95%
-interval. Paired differences of every metric at those steps with t intervals. Curves are never averaged
-before a ratio. Each run's result is cached in DIR/runs/*.json (tuning runs in DIR/tuning/), so an
-interrupted sweep resumes; a run trains in DIR/partial/ with a checkpoint every 10% of its budget, and a
-killed one resumes from it (bit-identical curves; its seconds count the steps the checkpoint kept); a run whose settings equal another variant's cached run (the tuned
-lognormal where the tuning picks EDM's default) is that run, copied with `same_as`; DIR/results.md and DIR/curves.png summarise, and `--summarise-only`
-reproduces them from the cache.
+grid trained on the protocol's tuning seeds, scored at their last step and never reported (the
+protocol's reported and tuning seeds must be disjoint; every entry point checks). Speed-up, per seed:
+steps the tuned baseline needs to reach its own value at 25/50/100% of the budget ÷ steps the variant
+needs to reach it (`benchmarks.seed_statistics`: interpolated in log steps); the median over seeds with
+a bootstrap 95% interval. Paired differences of every metric at those steps with t intervals. Curves are
+never averaged before a ratio. Each run's result is cached in DIR/runs/*.json (tuning runs in
+DIR/tuning/), so an interrupted sweep resumes; a run trains in DIR/partial/ with a checkpoint every 10%
+of its budget, and a killed one resumes from it (bit-identical curves; its seconds count the steps the
+checkpoint kept); a run whose settings equal another variant's cached run (the tuned lognormal where
+the tuning picks EDM's default) is that run, copied with `same_as`. DIR/results.md and DIR/curves.png
+summarise, and `--summarise-only` reproduces them from the cache.
 """
 
 import argparse
@@ -394,7 +395,8 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
             self.start = (time.perf_counter(), time.process_time())
 
         def elapsed(self):
-            return (self.before[0] + time.perf_counter() - self.start[0], self.before[1] + time.process_time() - self.start[1])
+            wall, cpu = time.perf_counter() - self.start[0], time.process_time() - self.start[1]
+            return self.before[0] + wall, self.before[1] + cpu
 
         def state_dict(self):
             return {'result': self.result, 'eval': (self.seconds, self.cpu_seconds), 'elapsed': self.elapsed()}
@@ -441,7 +443,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
         classifier.eval()
         with torch.no_grad():
             reference = classifier.features(to_data(model.dataset.images.cpu()))
-    if checkpoint is None and parse_grid_variant(variant) is None and variants[variant]['oracle']:  # else: the checkpoint's
+    if checkpoint is None and parse_grid_variant(variant) is None and variants[variant]['oracle']:  # resumed: its own
         mixture, gen = model.dataset.mixture, torch.Generator().manual_seed(seed)
         model.profile.load_state_dict(EntropyProfile.from_denoiser(
             mixture, lambda n: mixture.sample(n, generator=gen), config.noise.sigma_min, config.noise.sigma_max,
