@@ -169,7 +169,8 @@ def main():
     rows = []
     for name in args.datasets:
         mixture = build_dataset(DataConfig(name=name)).mixture
-        rows += cached_evaluate(out, f'{name}, exact denoiser', mixture, mixture, args.nfe, args.num, args.draws, exact=True)
+        rows += cached_evaluate(out, f'{name}, exact denoiser', mixture, mixture, args.nfe, args.num, args.draws,
+                                exact=True)
     for ckpt in args.ckpt:
         model = load_model(ckpt, device='cpu')
         rows += cached_evaluate(out, f'{model.config.data.name}, trained ({ckpt})', model.sampling_denoiser(),

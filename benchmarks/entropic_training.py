@@ -696,8 +696,7 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
                 continue
             for P_mean, P_std, means, rank in tuning[d]['rows']:
                 chosen = '**chosen**' if (P_mean, P_std) == (tuning[d]['P_mean'], tuning[d]['P_std']) else ''
-                if chosen and len(tuning[d]['rows']) > 1 and (grid_edge(P_mean, 'P_mean', protocol)
-                                                               or grid_edge(P_std, 'P_std', protocol)):
+                if chosen and (grid_edge(P_mean, 'P_mean', protocol) or grid_edge(P_std, 'P_std', protocol)):
                     chosen += ' (at the edge of the grid: the best setting may lie beyond it)'
                 lines.append(f'| {d} | {P_mean} | {P_std} | ' + ' | '.join(_number(means.get(m)) for m in metrics)
                              + f' | {rank:.1f} | {chosen} |')

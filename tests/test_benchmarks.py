@@ -102,7 +102,7 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
         assert 'gap' not in results['mnist', variant, 0]
     # Killed after step 3's checkpoint, an image run resumes to the uninterrupted scores.
     build, killed = train.build_trainer, tmp_path / 'killed'
-    monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), _Crash(3)))
+    monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_last_callback(build(*args), _Crash(3)))
     with pytest.raises(_Killed):
         entropic_training.run_one('mnist', 'lognormal', 0, steps=4, evals={2, 4}, out=killed)
     monkeypatch.setattr(train, 'build_trainer', build)
@@ -344,12 +344,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_curves(tm
     # (every 2 steps here: resumed from step 12), and on the last step before the result was cached.
     for at, resumed_from in ((10, 10), (13, 12), (20, 20)):
         out = tmp_path / f'killed-{at}'
-        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), _Crash(at)))
+        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_last_callback(build(*args), _Crash(at)))
         with pytest.raises(_Killed, match=f'killed at {at}'):
             run(out)
         assert not entropic_training.run_path(out, 'ring', 'lognormal', 0).exists()
         steps = _Steps()
-        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_callback(build(*args), steps))
+        monkeypatch.setattr(train, 'build_trainer', lambda *args: _with_last_callback(build(*args), steps))
         resumed = run(out)
         assert steps.trained == list(range(resumed_from + 1, 21)), at  # only what the checkpoint had not done
         assert {key: resumed[key] for key in curves} == {key: uninterrupted[key] for key in curves}, at
@@ -364,7 +364,7 @@ class _Steps(L.Callback):
         self.trained.append(trainer.global_step)
 
 
-def _with_callback(trainer, callback):  # after the run's own callbacks, `Checkpoints` included
+def _with_last_callback(trainer, callback):  # after the run's own callbacks, `Checkpoints` included
     trainer.callbacks.append(callback)
     return trainer
 
