@@ -205,11 +205,14 @@ def load_dataset_config(dataset, protocol, overrides=()):
 
 # ------------------------------------------------------------------------------------ measurements
 
-def classifier_path(data):
-    """The cached digit classifier of fid.py (`--features classifier`), trained here if missing."""
+def classifier_path(data, out):
+    """The digit classifier (fid.py's `--features classifier`) that scores the sweep in `out`: kept there,
+    beside the runs it measured, so that a sweep resumed on another machine scores with the same weights
+    (retrained elsewhere, it would differ in the last bits and its distances would not compare); trained
+    there if missing."""
     from evaluation import fidelity
 
-    path, accuracy = fidelity.cached_classifier(data, Path.home() / '.cache' / 'cedm')
+    path, accuracy = fidelity.cached_classifier(data, out)
     if accuracy is not None:
         print(f'trained the digit classifier: held-out accuracy {accuracy:.3f}', flush=True)
     return path
@@ -277,11 +280,6 @@ def exact_floors(dataset, seeds, protocol=None):
         metrics, _ = toy_metrics(x, reference['mixture'].denoise, reference, evaluation)
         floors.append({**metrics, 'occupancy_chance': (reference['mixture'].num_components - 1) / (2 * len(x))})
     return floors
-
-
-def classifier_fingerprint(path):
-    """The first 16 hex digits of the SHA-256 of a classifier's weights file."""
-    return file_sha(path)
 
 
 def check_one_classifier(results, dataset):
@@ -355,7 +353,7 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
     import train
     from datasets.images import to_data
     from entropy.profile import EntropyProfile
-    from evaluation.fidelity import DigitClassifier
+    from evaluation.fidelity import DigitClassifier, classifier_fingerprint
     from training.checkpoint import read_checkpoint
     from training.module import EDMModule
     from training.noise import profile_kwargs
@@ -365,11 +363,13 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
     path = run_path(out, dataset, variant, seed)
     if dataset in IMAGES:
         from datasets import build_dataset
-        weights = classifier_path(build_dataset(load_dataset_config(dataset, protocol).data))
+        weights = classifier_path(build_dataset(load_dataset_config(dataset, protocol).data), out)
         fingerprint = classifier_fingerprint(weights)
     if path.is_file():
         cached = json.loads(path.read_text())
-        if dataset in IMAGES and cached.get('classifier') != fingerprint:
+        # A tuning grid need only be scored by one classifier, its own (`choose_tuned` checks).
+        tuning = parse_grid_variant(variant) is not None
+        if dataset in IMAGES and cached.get('classifier') != fingerprint and not tuning:
             raise SystemExit(f'{path}: measured with classifier {cached.get("classifier")}, not {fingerprint} '
                              f'({weights}): move it aside or use another --out')
         if cached.get('settings') != settings:
@@ -476,7 +476,8 @@ def choose_tuned(results, dataset, protocol):
     """The tuned lognormal of `dataset` from the grid's runs on the TUNING seeds only (results of any other
     seed are not read): each metric's final value averaged over the tuning seeds, ranked within the grid
     (ties share their mean rank, a non-finite value ranks last); the lowest mean rank wins, ties by the
-    first metric. Returns {'P_mean', 'P_std', 'rows': [(P_mean, P_std, {metric: mean}, mean rank)]}."""
+    first metric. An image grid must be scored by one classifier. Returns {'P_mean', 'P_std', 'rows':
+    [(P_mean, P_std, {metric: mean}, mean rank)], 'classifier': the grid's fingerprint (images) or None}."""
     import numpy as np
     import scipy.stats
 
@@ -484,13 +485,15 @@ def choose_tuned(results, dataset, protocol):
     missing = [(dataset, grid_variant(*p), s) for p in grid for s in seeds if (dataset, grid_variant(*p), s) not in results]
     if missing:
         raise KeyError(f'{dataset}: tuning runs missing: {missing[:3]}{" ..." if len(missing) > 3 else ""}')
+    classifier = check_one_classifier({(dataset, grid_variant(*p), s): results[dataset, grid_variant(*p), s]
+                                       for p in grid for s in seeds}, dataset) if dataset in IMAGES else None
     means = [{m: float(np.mean([results[dataset, grid_variant(*p), s][m][-1] for s in seeds])) for m in metrics}
              for p in grid]
     ranks = np.mean([scipy.stats.rankdata([v[m] if math.isfinite(v[m]) else math.inf for v in means])
                      for m in metrics], axis=0)
     best = min(range(len(grid)), key=lambda i: (ranks[i], means[i][metrics[0]]))
     rows = [(p[0], p[1], means[i], float(ranks[i])) for i, p in enumerate(grid)]
-    return {'P_mean': grid[best][0], 'P_std': grid[best][1], 'rows': rows}
+    return {'P_mean': grid[best][0], 'P_std': grid[best][1], 'rows': rows, 'classifier': classifier}
 
 
 def grid_edge(value, key, protocol):
@@ -688,7 +691,8 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
         lines += ['## Tuned lognormal', '',
                   f'Grid P_mean {protocol["tuning"]["P_mean"]} × P_std {protocol["tuning"]["P_std"]}, each trained on the '
                   f'tuning seeds {protocol["tuning_seeds"]}; final values averaged over them, ranked per metric; '
-                  'lowest mean rank chosen.', '',
+                  'lowest mean rank chosen' + ''.join(f'; the {d} grid scored by classifier {t["classifier"]}'
+                                                      for d, t in tuning.items() if t.get('classifier')) + '.', '',
                   '| dataset | P_mean | P_std | ' + ' | '.join(METRICS.get(m, m) for m in metrics) + ' | mean rank | |',
                   '| --- | --- | --- |' + ' --- |' * (len(metrics) + 2)]
         for d in datasets:
@@ -833,7 +837,7 @@ def main(argv=None):
 
     if set(datasets) & IMAGES.keys():  # once, before the workers would race to train it
         from datasets import build_dataset
-        classifier_path(build_dataset(load_dataset_config('mnist', protocol).data))
+        classifier_path(build_dataset(load_dataset_config('mnist', protocol).data), out)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     jobs = [(d, v, s) for s in seeds for d in datasets for v in variants if v not in tuned_variants]
     with ProcessPoolExecutor(args.workers) as pool:

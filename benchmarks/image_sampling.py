@@ -12,7 +12,10 @@ schedules; DIR/results.md and DIR/nfe.png are rebuilt from every row there.
 - Samples: class-conditional (guidance 1), one uniformly random class per sample; draw k uses the
   same initial noise, classes and ancestral noise for every schedule and solver (paired). NFE: heun
   takes (NFE + 1) // 2 steps (2·steps − 1 denoiser calls), the other solvers NFE steps.
-- Features: `evaluation.fidelity.DigitClassifier`, trained once on 90% of the real digits and cached;
+- Features: `evaluation.fidelity.DigitClassifier`, trained once on 90% of the real digits and kept in
+  DIR beside the rows it scored (a classifier retrained on another machine differs in its last bits, and
+  distances in its features do not compare); every row names the classifier and the model weights it was
+  measured with, and the summary refuses rows of two classifiers or two models under one checkpoint path;
   samples are rounded to 8-bit pixels as PNGs would be. FD and KID (torch-fidelity's: cubic polynomial
   kernel, unbiased MMD² averaged over 10 subsets of 1000, × 1000) against all but 1000 of the real
   digits (a seeded random split); the floor is those 1000 real digits scored the same way.
@@ -40,7 +43,7 @@ from benchmarks.seed_statistics import paired_difference
 from datasets.images import to_data
 from entropy import EntropyProfile
 from evaluation.plots import to_uint8
-from evaluation.fidelity import DigitClassifier, cached_classifier
+from evaluation.fidelity import DigitClassifier, cached_classifier, classifier_fingerprint, weights_fingerprint
 from sampling_model import load_model
 
 SCHEDULES = ('karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure',
@@ -64,10 +67,11 @@ def steps_for(solver, nfe):
 
 class Scorer:
     """FD and KID (torch-fidelity's, in the digit classifier's features) of images [n, 1, H, W] in
-    [−1, 1] against the reference digits of `data`."""
+    [−1, 1] against the reference digits of `data`, in the features of the digit classifier kept in `folder`."""
 
-    def __init__(self, data, cache_dir):
-        path, _ = cached_classifier(data, cache_dir)
+    def __init__(self, data, folder):
+        path, _ = cached_classifier(data, folder)
+        self.fingerprint = classifier_fingerprint(path)
         self.classifier = DigitClassifier(data.num_classes)
         self.classifier.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
         self.classifier.eval()
@@ -124,34 +128,36 @@ def generate(model, solver, sigmas, num, draw):
 
 def run(args, out):
     rows_file = out / 'rows.jsonl'
-    done = set()
-    if rows_file.exists():
-        done = {(r['ckpt'], r['profile'], r['solver'], r['nfe'], r['schedule'], r['draw'], r['num'])
-                for r in map(json.loads, rows_file.read_text().splitlines())}
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
+    done = {(r['ckpt'], r.get('model'), r['profile'], r['solver'], r['nfe'], r['schedule'], r['draw'], r['num'])
+            for r in rows}
     scorers = {}
     for ckpt in args.ckpt:
         model = load_model(ckpt, device='cpu')
         model.denoiser.requires_grad_(False)
-        if args.profile == 'offline':
-            model.profile = offline_profile(model)
+        weights = weights_fingerprint(model.denoiser.state_dict())  # a retrained model under the same path is another
         data = model.dataset
         if data.name not in scorers:
-            scorers[data.name] = Scorer(data, args.cache_dir)
+            scorers[data.name] = Scorer(data, out)
         scorer = scorers[data.name]
+        check_rows(rows + [{'ckpt': ckpt, 'model': weights, 'classifier': scorer.fingerprint}])  # before any work
+        if args.profile == 'offline':
+            model.profile = offline_profile(model)
         for solver in args.solvers:
             for requested in args.nfe:
                 steps, nfe = steps_for(solver, requested)
                 for schedule in args.schedules:
                     sigmas, profile = None, 'none' if schedule in FIXED else args.profile
                     for draw in range(args.draws):
-                        key = (ckpt, profile, solver, nfe, schedule, draw, args.num)
+                        key = (ckpt, weights, profile, solver, nfe, schedule, draw, args.num)
                         if key in done:
                             continue
                         if sigmas is None:
                             sigmas = model.sigmas(steps, schedule, solver=solver)
                         row = {'ckpt': ckpt, 'seed': model.config.seed, 'profile': profile, 'solver': solver,
                                'nfe': nfe, 'steps': steps, 'schedule': schedule, 'draw': draw, 'num': args.num,
-                               'data': data.name, 'floor': scorer.floor,
+                               'data': data.name, 'model': weights, 'classifier': scorer.fingerprint,
+                               'floor': scorer.floor,
                                'sigmas': [round(s, 5) for s in sigmas.tolist()],
                                **scorer.score(generate(model, solver, sigmas, args.num, draw))}
                         with rows_file.open('a') as f:
@@ -191,7 +197,22 @@ def comparison(table, solver, nfe, schedule):
     return paired_difference([mine[c] for c in common], [base[c] for c in common])
 
 
+def check_rows(rows):
+    """SystemExit unless `rows` were scored by one classifier and each checkpoint path holds one model
+    (rows from before these were recorded count as one unknown classifier and model)."""
+    classifiers = {r.get('classifier') for r in rows}
+    if len(classifiers) > 1:
+        raise SystemExit(f'rows scored by different classifiers ({", ".join(sorted(map(str, classifiers)))}): '
+                         'their distances do not compare; put new rows in another --out')
+    for ckpt in {r['ckpt'] for r in rows}:
+        models = {r.get('model') for r in rows if r['ckpt'] == ckpt}
+        if len(models) > 1:
+            raise SystemExit(f'{ckpt}: rows of different model weights ({", ".join(sorted(map(str, models)))}) '
+                             'under one checkpoint path: the model was retrained; put its rows in another --out')
+
+
 def summary(rows, profile):
+    check_rows(rows)
     lines = []
     ckpts = sorted({r['ckpt'] for r in rows})
     draws = sorted({r['draw'] for r in rows})
@@ -266,7 +287,6 @@ def main():
     parser.add_argument('--num', type=int, default=1000, help='samples per draw (default 1000)')
     parser.add_argument('--draws', type=int, default=2, help='noise draws per point and checkpoint (default 2)')
     parser.add_argument('--profile', choices=('online', 'offline'), default='online')
-    parser.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'cedm'))
     parser.add_argument('--out', default='benchmarks/results/image_sampling')
     parser.add_argument('--summarise-only', action='store_true')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')

@@ -106,6 +106,21 @@ def classifier_file(data, cache_dir):
     return Path(cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt'
 
 
+def weights_fingerprint(state_dict):
+    """The first 16 hex digits of the SHA-256 of a state dict's tensors in key order: what tells two
+    networks' weights apart (two torch.save files of equal weights differ in a random serialization id)."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def classifier_fingerprint(path):
+    """`weights_fingerprint` of the digit classifier saved at `path`: which features a distance was measured in."""
+    return weights_fingerprint(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
+
+
 def cached_classifier(data, cache_dir):
     """(path, held-out accuracy or None): the digit classifier of `data` cached in `cache_dir`, trained
     there first (accuracy returned) when missing."""

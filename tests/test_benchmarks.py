@@ -91,7 +91,7 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
                       .replace('batch_size: 32', 'batch_size: 8').replace('steps: 18', 'steps: 3')
                       .replace('P_std: 1.2', 'P_std: 1.2\n  spectrum_samples: 256'))
     monkeypatch.setitem(entropic_training.CONFIGS, 'mnist', str(config))
-    monkeypatch.setattr(entropic_training, 'classifier_path', lambda data: classifier[1])
+    monkeypatch.setattr(entropic_training, 'classifier_path', lambda data, out: classifier[1])
     monkeypatch.setattr(entropic_training, 'SAMPLES_PER_CLASS', 20)  # 200 samples per evaluation
     out = tmp_path / 'bench'
     results = {}
@@ -111,7 +111,7 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
                                                          results['mnist', 'lognormal', 0]['sigma_q10_50_90'])
     cached = json.loads((out / 'runs' / 'mnist-structure-0.json').read_text())
     assert cached == results['mnist', 'structure', 0]
-    fingerprint = entropic_training.classifier_fingerprint(classifier[1])
+    fingerprint = fidelity.classifier_fingerprint(classifier[1])
     assert cached['classifier'] == fingerprint
     entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
     table = (out / 'results.md').read_text()
@@ -123,12 +123,23 @@ def test_mnist_run_is_measured_cached_and_summarised(tmp_path, classifier, monke
 
     # Another machine's classifier: its distances are in other features, so the cache is refused...
     other = tmp_path / 'other.pt'
-    other.write_bytes(classifier[1].read_bytes() + b'\0')
-    monkeypatch.setattr(entropic_training, 'classifier_path', lambda data: other)
+    saved = torch.load(classifier[1], weights_only=True)
+    saved['state_dict'] = {k: v.clone() for k, v in saved['state_dict'].items()}
+    next(iter(saved['state_dict'].values())).view(-1)[0] += 1e-6  # the last bits of one weight
+    torch.save(saved, other)
+    monkeypatch.setattr(entropic_training, 'classifier_path', lambda data, out: other)
     with pytest.raises(SystemExit, match='mnist-structure-0.json: measured with classifier ' + fingerprint):
         entropic_training.run_one('mnist', 'structure', 0, steps=4, evals={2, 4}, out=out)
+    # ...but not a tuning run's: a grid is scored by its own one classifier (`choose_tuned` checks).
+    grid_point = entropic_training.grid_variant(-1.2, 1.2)
+    tuning_run = {**cached, 'settings': entropic_training.run_settings(
+        'mnist', grid_point, 100, 4, entropic_training.load_protocol(), entropic_training.load_variants())}
+    cache = entropic_training.run_path(out, 'mnist', grid_point, 100)
+    cache.parent.mkdir()
+    cache.write_text(json.dumps(tuning_run))
+    assert entropic_training.run_one('mnist', grid_point, 100, steps=4, evals={4}, out=out) == tuning_run
     # ...and so is a summary that mixes the two.
-    results['mnist', 'structure', 0] = {**cached, 'classifier': entropic_training.classifier_fingerprint(other)}
+    results['mnist', 'structure', 0] = {**cached, 'classifier': fidelity.classifier_fingerprint(other)}
     with pytest.raises(SystemExit, match='mnist: cached runs measured with different classifiers'):
         entropic_training.summarise(results, ['mnist'], ['lognormal', 'structure'], {'mnist': [0]}, out)
 
@@ -295,6 +306,30 @@ def test_the_tuned_lognormal_is_chosen_on_the_tuning_seeds_only(tmp_path):
     del results['ring', c, 100]
     with pytest.raises(KeyError, match='tuning runs missing'):
         entropic_training.choose_tuned(results, 'ring', protocol)
+
+
+def test_an_image_tuning_grid_is_scored_by_one_classifier(tmp_path):
+    protocol = entropic_training.load_protocol(tiny_protocol(tmp_path))
+    a, b = [entropic_training.grid_variant(m, 1.0) for m in (-2.2, -1.2)]
+    results = {('mnist', a, 100): {**fake_run([4, 8], fd=[9, 2]), 'classifier': 'one'},
+               ('mnist', b, 100): {**fake_run([4, 8], fd=[9, 1]), 'classifier': 'one'}}
+    choice = entropic_training.choose_tuned(results, 'mnist', protocol)
+    assert (choice['P_mean'], choice['classifier']) == (-1.2, 'one')
+    results['mnist', b, 100]['classifier'] = 'another'  # a grid point rerun on a machine with its own classifier
+    with pytest.raises(SystemExit, match='mnist: cached runs measured with different classifiers'):
+        entropic_training.choose_tuned(results, 'mnist', protocol)
+
+
+def test_a_classifier_fingerprint_is_of_its_weights_not_its_file(tmp_path, classifier):
+    state = torch.load(classifier[1], weights_only=True)
+    again = tmp_path / 'again.pt'
+    torch.save(state, again)  # the same weights, another torch.save: another serialization id in the file
+    assert again.read_bytes() != classifier[1].read_bytes()
+    fingerprint = fidelity.classifier_fingerprint(classifier[1])
+    assert fidelity.classifier_fingerprint(again) == fingerprint
+    next(iter(state['state_dict'].values())).view(-1)[0] += 1e-6
+    torch.save(state, again)
+    assert fidelity.classifier_fingerprint(again) != fingerprint
 
 
 def test_a_tuned_run_equal_to_another_variant_is_taken_from_its_cache_not_trained_again(tmp_path, monkeypatch):

@@ -45,6 +45,19 @@ def test_marks_need_the_whole_paired_interval_beyond_zero():
                                                                            'loglinear': [8, 17.5, 28.1]}), 'online')
 
 
+def test_rows_of_another_classifier_or_a_retrained_model_are_refused():
+    table = rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1]})
+    for r in table:
+        r.update(classifier='a', model=f'weights of {r["ckpt"]}')
+    assert '| 8 |' in image_sampling.summary(table, 'online')
+    table[-1]['model'] = 'retrained'  # another model saved under the same checkpoint path
+    with pytest.raises(SystemExit, match=f"{table[-1]['ckpt']}: rows of different model weights"):
+        image_sampling.summary(table, 'online')
+    table[-1]['model'], table[0]['classifier'] = f'weights of {table[-1]["ckpt"]}', 'b'
+    with pytest.raises(SystemExit, match=r'rows scored by different classifiers \(a, b\)'):
+        image_sampling.summary(table, 'online')
+
+
 @pytest.mark.slow
 def test_a_tiny_run_is_cached_resumed_and_summarised(tiny_mnist_ckpt, tmp_path, monkeypatch, capsys):
     classifier = tmp_path / 'classifier.pt'
@@ -72,6 +85,13 @@ def test_a_tiny_run_is_cached_resumed_and_summarised(tiny_mnist_ckpt, tmp_path, 
     assert len(new) == 4 * 2 * 2 and {r['profile'] for r in new} == {'offline'}
     assert (out / 'results-online.md').is_file() and (out / 'nfe-offline.png').is_file()
     assert '### heun: classifier FD' in (out / 'results-offline.md').read_text()
+    # A classifier trained again with other weights (as on another machine) scores no row into this folder.
+    monkeypatch.setattr(image_sampling, 'cached_classifier',
+                        lambda data, folder: (classifier, fidelity.train_classifier(data, classifier, steps=31)))
+    monkeypatch.setattr(sys, 'argv', argv + ['--nfe', '4'])
+    with pytest.raises(SystemExit, match='rows scored by different classifiers'):
+        image_sampling.main()
+    assert len((out / 'rows.jsonl').read_text().splitlines()) == len(lines) + len(new)
 
 
 def test_schedule_diagnosis_reports_every_schedule(tiny_mnist_ckpt, monkeypatch, capsys):
