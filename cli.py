@@ -302,7 +302,9 @@ def compute(args, images, data, device):
                 print(f'fid: trained the digit classifier on {data.name}: held-out accuracy {accuracy:.3f}; saved {weights}')
     num_images = len(list(Path(images).glob(IMAGE_PATTERN)))
     num_reference = len(data.images) if args.num_reference is None else min(args.num_reference, len(data.images))
-    features = f'digit classifier {Path(weights).name}' if args.features == 'classifier' else 'Inception-v3'
+    # A classifier's distances compare only with its own: the line names its weights, not just its file.
+    features = (f'digit classifier {Path(weights).name} (weights {fidelity.classifier_fingerprint(weights)})'
+                if args.features == 'classifier' else 'Inception-v3')
     print(f'fid: {num_images} images in {images} against {num_reference} {data.name} training images, {features} features')
     try:
         with feature_progress(getattr(args, 'quiet', False)):

@@ -182,8 +182,9 @@ def test_fid_names_classifier_numbers_for_the_classifier(tmp_path, capsys):
     result = json.loads((tmp_path / 'fid.json').read_text())
     assert {'frechet_classifier_distance', 'kernel_classifier_distance_mean'} <= set(result)
     assert 'inception' not in captured.out + json.dumps(result)
+    weights = fidelity.classifier_fingerprint(tmp_path / 'cache' / 'classifier-mnist-5k-32px.pt')
     assert captured.out.splitlines()[0] == (f'fid: 12 images in {images} against 50 mnist-5k training images, '
-                                            'digit classifier classifier-mnist-5k-32px.pt features')
+                                            f'digit classifier classifier-mnist-5k-32px.pt (weights {weights}) features')
     assert '12/12' in captured.err and 'img/s' in captured.err  # the progress bar
     fid.main(argv + ['--quiet'])
     assert capsys.readouterr().err == ''
