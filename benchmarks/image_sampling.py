@@ -43,7 +43,7 @@ from benchmarks.seed_statistics import paired_difference
 from datasets.images import to_data
 from entropy import EntropyProfile
 from evaluation.plots import to_uint8
-from evaluation.fidelity import DigitClassifier, cached_classifier, classifier_fingerprint, weights_fingerprint
+from evaluation.fidelity import DigitClassifier, cached_classifier, weights_fingerprint
 from sampling_model import load_model
 
 SCHEDULES = ('karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure',
@@ -71,9 +71,10 @@ class Scorer:
 
     def __init__(self, data, folder):
         path, _ = cached_classifier(data, folder)
-        self.fingerprint = classifier_fingerprint(path)
+        weights = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+        self.fingerprint = weights_fingerprint(weights)
         self.classifier = DigitClassifier(data.num_classes)
-        self.classifier.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
+        self.classifier.load_state_dict(weights)
         self.classifier.eval()
         real = to_data(data.images.cpu())
         order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))  # files may be sorted by class
