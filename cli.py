@@ -157,8 +157,8 @@ def add_sampler_args(parser):
     parser.add_argument('--solver', choices=SOLVER_NAMES, help='ODE/SDE solver')
     parser.add_argument('--schedule', choices=SCHEDULE_NAMES + PROFILE_SCHEDULE_NAMES + (SURROGATE_SCHEDULE_NAME,),
                         help=f"σ discretisation; {', '.join(PROFILE_SCHEDULE_NAMES)} and {SURROGATE_SCHEDULE_NAME} use "
-                             f"the checkpoint's profile ({SURROGATE_SCHEDULE_NAME}: fitted to --solver; entropic: broken on "
-                             "images, worse than karras with every solver on MNIST; see the README)")
+                             f"the checkpoint's profile ({SURROGATE_SCHEDULE_NAME}: fitted to --solver; entropic and "
+                             "structure: broken on images, far worse than karras with every solver on MNIST; see the README)")
     parser.add_argument('--estimate-profile', action='store_true',
                         help='re-estimate the entropy profile offline with the model itself on fresh data')
     parser.add_argument('--sigma-min', type=float)

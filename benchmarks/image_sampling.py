@@ -172,13 +172,18 @@ def run(args, out):
 # Summary.
 
 def cells(rows, profile, metric):
-    """{(solver, nfe, schedule): {ckpt: mean of `metric` over draws}}, for points complete in draws."""
+    """{(solver, nfe, schedule): {ckpt: mean of `metric` over draws}}, a checkpoint counting at a point
+    only once it has every draw that the rows hold (draws differ systematically: a half-drawn point
+    would shift its mean)."""
     grouped = {}
     for r in rows:
         if r['profile'] in (profile, 'none'):
             grouped.setdefault((r['solver'], r['nfe'], r['schedule']), {}).setdefault(r['ckpt'], {})[r['draw']] = r[metric]
-    return {key: {ckpt: float(np.mean(list(draws.values()))) for ckpt, draws in per_ckpt.items()}
-            for key, per_ckpt in grouped.items()}
+    all_draws = {r['draw'] for r in rows}
+    table = {key: {ckpt: float(np.mean(list(draws.values()))) for ckpt, draws in per_ckpt.items()
+                   if set(draws) == all_draws}
+             for key, per_ckpt in grouped.items()}
+    return {key: per_ckpt for key, per_ckpt in table.items() if per_ckpt}
 
 
 def interval(values, level=0.95):
@@ -281,7 +286,8 @@ def plot(rows, profile, path):
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f'{len({r["ckpt"] for r in rows})} models; mean, bars from best to worst model', fontsize=9)
+    fig.suptitle(f'mean over the models measured at each point (up to {len({r["ckpt"] for r in rows})}), '
+                 'bars from the best to the worst', fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

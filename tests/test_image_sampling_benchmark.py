@@ -45,6 +45,16 @@ def test_marks_need_the_whole_paired_interval_beyond_zero():
                                                                            'loglinear': [8, 17.5, 28.1]}), 'online')
 
 
+def test_a_checkpoint_counts_at_a_point_only_with_all_its_draws():
+    table = rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1]})
+    half_drawn = [r for r in table if not (r['schedule'] == 'loglinear' and r['ckpt'] == 'c2' and r['draw'] == 1)]
+    cells = image_sampling.cells(half_drawn, 'online', 'fd')
+    assert sorted(cells[('euler', 8, 'loglinear')]) == ['c0', 'c1'] and len(cells[('euler', 8, 'karras')]) == 3
+    assert cells[('euler', 8, 'loglinear')]['c1'] == pytest.approx(17.5)
+    only_first_draws = [r for r in table if not (r['schedule'] == 'loglinear' and r['draw'] == 1)]
+    assert ('euler', 8, 'loglinear') not in image_sampling.cells(only_first_draws, 'online', 'fd')
+
+
 def test_rows_of_another_classifier_or_a_retrained_model_are_refused():
     table = rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1]})
     for r in table:
