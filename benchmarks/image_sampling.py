@@ -20,7 +20,8 @@ schedules; DIR/results.md and DIR/nfe.png are rebuilt from every row there.
   kernel, unbiased MMD² averaged over 10 subsets of 1000, × 1000) against all but 1000 of the real
   digits (a seeded random split); the floor is those 1000 real digits scored the same way.
 - Profiles: `online` reads each checkpoint's training-time profile; `offline` re-estimates it with
-  the sampling (class-conditional) denoiser on the data's digits (64 σ × 256 samples, seed 0).
+  the sampling (class-conditional) denoiser on the data's digits (64 σ × 256 samples, seed 0). The
+  offline summary ends with the two compared wherever both were measured: steps moved, FD ratio per model.
 - Statistics: per checkpoint the mean over draws; across checkpoints (training seeds) the mean with
   a Student-t 95% interval, and each schedule's difference from karras ρ = 7 paired by checkpoint
   (`benchmarks.seed_statistics.paired_difference`). A schedule is better (worse) than karras at a
@@ -256,7 +257,46 @@ def summary(rows, profile):
                     row.append(text)
                 lines.append(f'| {nfe} | ' + ' | '.join(row) + ' |')
             lines.append('')
+    if profile == 'offline':
+        lines += profile_comparison(rows)
     return '\n'.join(lines)
+
+
+def profile_comparison(rows):
+    """Offline against online profiles, at every point that both measured: how far the re-measured profile
+    moves the steps (median over interior steps and models of |ln σ_offline/σ_online|, as a percentage) and
+    FD offline/online (per model, then the mean over models with its t interval); and, for scale, the
+    spread between two noise draws (median over all rows' points of |draw 0 − draw 1| / their mean)."""
+    online, offline = cells(rows, 'online', 'fd'), cells(rows, 'offline', 'fd')
+    sigmas = {(r['profile'], r['ckpt'], r['solver'], r['nfe'], r['schedule']): np.array(r['sigmas']) for r in rows}
+    lines = ['### Offline against online profiles', '',
+             '| solver | NFE | schedule | steps moved in σ | FD offline / online |', '| --- | --- | --- | --- | --- |']
+    moves, ratios, compared = [], [], set()
+    for solver, nfe, schedule in sorted(k for k in offline if k[2] not in FIXED and k in online):
+        common = sorted(set(offline[solver, nfe, schedule]) & set(online[solver, nfe, schedule]))
+        if not common:
+            continue
+        # Interior steps only: σ_max, σ_min and the final 0 are the same under both profiles.
+        shift = np.median([np.abs(np.log(sigmas['offline', c, solver, nfe, schedule][1:-2] /
+                                         sigmas['online', c, solver, nfe, schedule][1:-2])) for c in common])
+        ratio = [offline[solver, nfe, schedule][c] / online[solver, nfe, schedule][c] for c in common]
+        moves.append(shift)
+        ratios.extend(ratio)
+        compared.add((solver, nfe, schedule))
+        mean, low, high = interval(ratio)
+        spread = f' [{low:.2f}, {high:.2f}]' if len(common) > 1 else f' ({len(common)} model)'
+        lines.append(f'| {solver} | {nfe} | {schedule} | {100 * (math.exp(shift) - 1):.0f}% | {mean:.2f}{spread} |')
+    draws = {}
+    for r in rows:
+        if (r['solver'], r['nfe'], r['schedule']) in compared:
+            draws.setdefault((r['profile'], r['ckpt'], r['solver'], r['nfe'], r['schedule']), {})[r['draw']] = r['fd']
+    pairs = [d for d in draws.values() if {0, 1} <= set(d)]
+    if not moves:
+        return []
+    noise = np.median([abs(d[0] - d[1]) / ((d[0] + d[1]) / 2) for d in pairs]) if pairs else math.nan
+    return lines + ['', f'Median over these {len(moves)} points: steps moved {100 * (math.exp(np.median(moves)) - 1):.0f}% '
+                    f'in σ; FD offline / online per model from {min(ratios):.2f} to {max(ratios):.2f}. Spread between '
+                    f'two noise draws at these points (median, both profiles): {100 * noise:.0f}%.']
 
 
 def plot(rows, profile, path):

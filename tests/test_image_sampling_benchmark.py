@@ -55,6 +55,21 @@ def test_a_checkpoint_counts_at_a_point_only_with_all_its_draws():
     assert ('euler', 8, 'loglinear') not in image_sampling.cells(only_first_draws, 'online', 'fd')
 
 
+def test_offline_profiles_are_compared_with_online_per_model():
+    online = rows({'karras': [10, 20, 30], 'surrogate': [10, 20, 30]})
+    offline = [dict(r, profile='offline') for r in rows({'surrogate': [12, 18, 30]})]
+    for r in online + offline:  # the re-measured profile doubles the second σ; σ_max, σ_min and 0 stay
+        r['sigmas'] = [80.0, 20.0 if r['profile'] == 'offline' else 10.0, 1.0, 0.002, 0.0]
+    text = image_sampling.summary(online + offline, 'offline')
+    assert image_sampling.profile_comparison(online) == [] and 'Offline against' not in image_sampling.summary(online, 'online')
+    line = next(line for line in text.splitlines() if line.startswith('| euler | 8 | surrogate |'))
+    # Interior steps moved ln 2 and 0: median ln 2 / 2, i.e. σ × 1.41; FD ratios 1.2, 0.9, 1.0 per model
+    # (mean 1.03; the ratio of the mean FDs would be 1.00). karras reads no profile and is not listed.
+    assert line.strip(' |').split(' | ')[3:5] == ['41%', '1.03 [0.65, 1.41]']
+    assert '| euler | 8 | karras |' not in text and 'from 0.90 to 1.20' in text
+    assert 'noise draws at these points (median, both profiles): 1%' in text  # ±0.1 around 10–30
+
+
 def test_rows_of_another_classifier_or_a_retrained_model_are_refused():
     table = rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1]})
     for r in table:
