@@ -266,7 +266,7 @@ def profile_comparison(rows):
     """Offline against online profiles, at every point that both measured: how far the re-measured profile
     moves the steps (median over interior steps and models of |ln σ_offline/σ_online|, as a percentage) and
     FD offline/online (per model, then the mean over models with its t interval); and, for scale, the
-    spread between two noise draws (median over all rows' points of |draw 0 − draw 1| / their mean)."""
+    spread between two noise draws (median over those points, both profiles, of |draw 0 − draw 1| / their mean)."""
     online, offline = cells(rows, 'online', 'fd'), cells(rows, 'offline', 'fd')
     sigmas = {(r['profile'], r['ckpt'], r['solver'], r['nfe'], r['schedule']): np.array(r['sigmas']) for r in rows}
     lines = ['### Offline against online profiles', '',
