@@ -294,9 +294,10 @@ def profile_comparison(rows):
     if not moves:
         return []
     noise = np.median([abs(d[0] - d[1]) / ((d[0] + d[1]) / 2) for d in pairs]) if pairs else math.nan
-    return lines + ['', f'Median over these {len(moves)} points: steps moved {100 * (math.exp(np.median(moves)) - 1):.0f}% '
-                    f'in σ; FD offline / online per model from {min(ratios):.2f} to {max(ratios):.2f}. Spread between '
-                    f'two noise draws at these points (median, both profiles): {100 * noise:.0f}%.']
+    moved = 100 * (math.exp(np.median(moves)) - 1)
+    return lines + ['', f'Median over these {len(moves)} points: steps moved {moved:.0f}% in σ; FD offline / online '
+                    f'per model from {min(ratios):.2f} to {max(ratios):.2f}. Spread between two noise draws at '
+                    f'these points (median, both profiles): {100 * noise:.0f}%.']
 
 
 def plot(rows, profile, path):

@@ -61,7 +61,8 @@ def test_offline_profiles_are_compared_with_online_per_model():
     for r in online + offline:  # the re-measured profile doubles the second σ; σ_max, σ_min and 0 stay
         r['sigmas'] = [80.0, 20.0 if r['profile'] == 'offline' else 10.0, 1.0, 0.002, 0.0]
     text = image_sampling.summary(online + offline, 'offline')
-    assert image_sampling.profile_comparison(online) == [] and 'Offline against' not in image_sampling.summary(online, 'online')
+    assert image_sampling.profile_comparison(online) == []
+    assert 'Offline against' not in image_sampling.summary(online, 'online')
     line = next(line for line in text.splitlines() if line.startswith('| euler | 8 | surrogate |'))
     # Interior steps moved ln 2 and 0: median ln 2 / 2, i.e. σ × 1.41; FD ratios 1.2, 0.9, 1.0 per model
     # (mean 1.03; the ratio of the mean FDs would be 1.00). karras reads no profile and is not listed.
