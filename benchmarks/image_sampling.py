@@ -172,18 +172,24 @@ def run(args, out):
 # --------------------------------------------------------------------------------------------------
 # Summary.
 
+def by_draw(rows, profile, metric):
+    """{(solver, nfe, schedule): {ckpt: {draw: `metric`}}} of the rows measured with `profile` (or none)."""
+    grouped = {}
+    for r in rows:
+        if r['profile'] in (profile, 'none'):
+            point = grouped.setdefault((r['solver'], r['nfe'], r['schedule']), {})
+            point.setdefault(r['ckpt'], {})[r['draw']] = r[metric]
+    return grouped
+
+
 def cells(rows, profile, metric):
     """{(solver, nfe, schedule): {ckpt: mean of `metric` over draws}}, a checkpoint counting at a point
     only once it has every draw that the rows hold (draws differ systematically: a half-drawn point
     would shift its mean)."""
-    grouped = {}
-    for r in rows:
-        if r['profile'] in (profile, 'none'):
-            grouped.setdefault((r['solver'], r['nfe'], r['schedule']), {}).setdefault(r['ckpt'], {})[r['draw']] = r[metric]
     all_draws = {r['draw'] for r in rows}
     table = {key: {ckpt: float(np.mean(list(draws.values()))) for ckpt, draws in per_ckpt.items()
                    if set(draws) == all_draws}
-             for key, per_ckpt in grouped.items()}
+             for key, per_ckpt in by_draw(rows, profile, metric).items()}
     return {key: per_ckpt for key, per_ckpt in table.items() if per_ckpt}
 
 
@@ -284,15 +290,12 @@ def profile_comparison(rows):
         ratios.extend(ratio)
         compared.add((solver, nfe, schedule))
         mean, low, high = interval(ratio)
-        spread = f' [{low:.2f}, {high:.2f}]' if len(common) > 1 else f' ({len(common)} model)'
-        lines.append(f'| {solver} | {nfe} | {schedule} | {100 * (math.exp(shift) - 1):.0f}% | {mean:.2f}{spread} |')
-    draws = {}
-    for r in rows:
-        if (r['solver'], r['nfe'], r['schedule']) in compared:
-            draws.setdefault((r['profile'], r['ckpt'], r['solver'], r['nfe'], r['schedule']), {})[r['draw']] = r['fd']
-    pairs = [d for d in draws.values() if {0, 1} <= set(d)]
+        bounds = f' [{low:.2f}, {high:.2f}]' if len(common) > 1 else f' ({len(common)} model)'
+        lines.append(f'| {solver} | {nfe} | {schedule} | {100 * (math.exp(shift) - 1):.0f}% | {mean:.2f}{bounds} |')
     if not moves:
         return []
+    pairs = [draws for profile in ('online', 'offline') for key, per_ckpt in by_draw(rows, profile, 'fd').items()
+             if key in compared for draws in per_ckpt.values() if {0, 1} <= set(draws)]
     noise = np.median([abs(d[0] - d[1]) / ((d[0] + d[1]) / 2) for d in pairs]) if pairs else math.nan
     moved = 100 * (math.exp(np.median(moves)) - 1)
     return lines + ['', f'Median over these {len(moves)} points: steps moved {moved:.0f}% in σ; FD offline / online '
