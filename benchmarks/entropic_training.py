@@ -736,9 +736,12 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4.5 * len(datasets), 7), squeeze=False)
+    metrics_by_dataset = {d: ['fd'] if d in IMAGES else ['kl', 'swd'] for d in datasets}
+    num_rows = max(len(rows) for rows in metrics_by_dataset.values())  # one row when only images are plotted
+    fig, axes = plt.subplots(num_rows, len(datasets), figsize=(4.5 * len(datasets), 3.5 * num_rows + 0.7),
+                             squeeze=False)
     for column, d in enumerate(datasets):
-        rows = ['fd'] if d in IMAGES else ['kl', 'swd']
+        rows = metrics_by_dataset[d]
         seeds = seeds_by_dataset[d]
         for row, m in enumerate(rows):
             ax = axes[row, column]
@@ -757,8 +760,8 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
             low = min(np.min(values) for values in plotted)
             ax.set_yscale('log') if low > 0 else ax.set_yscale('symlog', linthresh=1e-2)
             ax.grid(alpha=0.3)
-        if len(rows) == 1:
-            axes[1, column].axis('off')
+        for row in range(len(rows), num_rows):
+            axes[row, column].axis('off')
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(Path(out) / 'curves.png', dpi=100)
