@@ -466,6 +466,11 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
     return evaluate.result
 
 
+def curve_metrics(dataset):
+    """The metrics whose curves give speed-ups and figures: classifier FD on images, reverse KL and SWD on toy data."""
+    return ['fd'] if dataset in IMAGES else ['kl', 'swd']
+
+
 # ------------------------------------------------------------------------------------ tuning
 
 def tuning_metrics(dataset, protocol):
@@ -554,7 +559,7 @@ def speedups(results, dataset, variant, baseline, seeds, fractions):
 
     from benchmarks.seed_statistics import median_with_bootstrap_ci, speedup
 
-    metrics = ['fd'] if dataset in IMAGES else ['kl', 'swd']
+    metrics = curve_metrics(dataset)
     curves = lambda v: {m: np.array([results[dataset, v, s][m] for s in seeds]) for m in metrics}
     steps = lambda v: results[dataset, v, seeds[0]]['step']
     base, var = curves(baseline), curves(variant)
@@ -620,7 +625,7 @@ def dataset_section(results, dataset, variants, baseline, seeds, protocol, floor
         lines.append(f'| {v} | ' + ' | '.join(_mean_se([results[dataset, v, s][m][-1] for s in seeds]) for m in metrics)
                      + f' | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.2f} |')
 
-    keys = ['fd'] if images else ['kl', 'swd']
+    keys = curve_metrics(dataset)
     columns = [(m, f) for m in keys + ['joint'] * (len(keys) > 1) for f in fractions]  # one metric: joint is it
     lines += ['', f'Speed-up against {baseline}: per seed, the steps {baseline} needs to reach its own value at a '
               'fraction of the budget ÷ the steps the variant needs (log-step interpolation; 0: never reached'
@@ -736,12 +741,11 @@ def summarise(results, datasets, variants, seeds_by_dataset, out, protocol=None,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    metrics_by_dataset = {d: ['fd'] if d in IMAGES else ['kl', 'swd'] for d in datasets}
-    num_rows = max(len(rows) for rows in metrics_by_dataset.values())  # one row when only images are plotted
+    num_rows = max(len(curve_metrics(d)) for d in datasets)  # one row when only images are plotted
     fig, axes = plt.subplots(num_rows, len(datasets), figsize=(4.5 * len(datasets), 3.5 * num_rows + 0.7),
                              squeeze=False)
     for column, d in enumerate(datasets):
-        rows = metrics_by_dataset[d]
+        rows = curve_metrics(d)
         seeds = seeds_by_dataset[d]
         for row, m in enumerate(rows):
             ax = axes[row, column]
