@@ -30,8 +30,16 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def is_first_process():
+    """Whether this is the job's first process (global rank 0): the only one under torchrun, Lightning's
+    launcher or SLURM that prints user errors and touches a run folder before training starts."""
+    return all(int(os.environ.get(name) or 0) == 0 for name in ('RANK', 'LOCAL_RANK', 'NODE_RANK', 'SLURM_PROCID'))
+
+
 def main_guard(main):
-    """Run `main`, turning config, checkpoint, data and usage errors into one line and exit code 2, a run that
+    """Run `main`, turning config, checkpoint, data and usage errors into one line and exit code 2 (in a
+    multi-process job every process exits 2; config and usage errors, the same in every process, are
+    printed by the first alone, the errors of files that may differ between nodes by each), a run that
     stopped itself into one line and exit code 1, and Ctrl-C outside training into exit code 130."""
 
     @functools.wraps(main)
@@ -40,7 +48,10 @@ def main_guard(main):
         try:
             return main(*args, **kwargs)
         except (CheckpointError, ConfigError, DataError, FidelityError, UsageError) as e:
-            print(f'{prog}: error: {e}', file=sys.stderr)
+            if is_first_process():
+                print(f'{prog}: error: {e}', file=sys.stderr)
+            elif not isinstance(e, (ConfigError, UsageError)):  # files can differ between nodes: say which rank
+                print(f"{prog}: error (rank {os.environ.get('RANK', '?')}): {e}", file=sys.stderr)
             sys.exit(2)
         except RunStopped as e:
             print(f'{prog}: stopped: {e}', file=sys.stderr)
@@ -56,25 +67,34 @@ def main_guard(main):
 # Checks of flag values that need no model: run them before importing torch or loading anything.
 
 def check_device(device, flag='--device'):
-    """UsageError unless `device` (None: the default) names a device of this machine. Imports torch."""
-    if device is None:
-        return
+    """The device to run on, a torch.device: `device`, where None and a bare 'cuda' name this process's GPU
+    (`sampling_model.process_device`: cuda:LOCAL_RANK under torchrun); UsageError unless it is a device of
+    this machine. Imports torch."""
     import torch
+
+    from sampling_model import process_device
     try:
-        parsed = torch.device(device)
+        parsed = process_device(device)
     except (RuntimeError, ValueError):
         raise UsageError(f"{flag}: '{device}' is not a device (use cpu, cuda or cuda:N)") from None
     if parsed.type == 'cuda':
         if not torch.cuda.is_available():
             raise UsageError(f'{flag}: cuda is not available on this machine (use {flag} cpu)')
         count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
+        # Checked against torchrun's processes per node, not this one's LOCAL_RANK alone: the first process,
+        # which prints the error, fails too.
+        processes = max(parsed.index + 1, int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+        if str(parsed) != device and processes > count:  # the index is torchrun's LOCAL_RANK
+            raise UsageError(f'{flag}: {processes} processes on this machine\'s {count} CUDA device(s), one each by '
+                             f'LOCAL_RANK: start at most {count} per node, or give {flag} cuda:N')
+        if parsed.index >= count:
             raise UsageError(f'{flag}: {device}: this machine has {count} CUDA device(s) (use cuda:0 to cuda:{count - 1})')
     elif parsed.type == 'mps':
         if not torch.backends.mps.is_available():
             raise UsageError(f'{flag}: mps is not available on this machine (use {flag} cpu)')
     elif parsed.type != 'cpu':
         raise UsageError(f"{flag}: '{device}': cedm runs on cpu, cuda or mps")
+    return parsed
 
 
 def _writable(folder):
@@ -168,7 +188,7 @@ def add_sampler_args(parser):
     parser.add_argument('--no-ema', action='store_true', help='use the raw weights instead of the EMA')
     parser.add_argument('--posthoc-sigma-rel', type=float, metavar='SIGMA_REL',
                         help='use the post-hoc EMA of this relative width, reconstructed from the snapshots (ema.posthoc)')
-    parser.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda if available)')
+    parser.add_argument('--device', help='cpu, cuda, cuda:1, ... (default: cuda:LOCAL_RANK if available, so each torchrun process its own GPU)')
 
 
 def check_sampler_args(args):
@@ -249,12 +269,13 @@ def add_metric_args(parser):
     """The metric flags, shared with `sample.py --fid`; returns their argparse actions."""
     return [
         parser.add_argument('--metrics', default='fid,kid', help='comma-separated: fid, kid, isc, prc (default fid,kid)'),
-        parser.add_argument('--features', choices=('inception', 'classifier'), default='inception'),
+        parser.add_argument('--features', choices=('inception', 'classifier', 'autoencoder'), default='inception'),
         parser.add_argument('--fid-weights', help="Inception weights file (default: torch-fidelity's cache)"),
         parser.add_argument('--classifier', help='digit classifier file (default: trained once into --cache-dir)'),
+        parser.add_argument('--autoencoder', help='digit autoencoder file (default: trained once into --cache-dir)'),
         parser.add_argument('--num-reference', type=int, help='a fixed random subset of N training images (default all)'),
         parser.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'cedm'),
-                            help='reference statistics and the classifier (default ~/.cache/cedm)'),
+                            help='reference statistics, the classifier and the autoencoder (default ~/.cache/cedm)'),
         parser.add_argument('--json', help='also write the results to this JSON file'),
     ]
 
@@ -266,7 +287,8 @@ def check_metric_args(args):
     unknown = sorted(set(_metrics(args)) - set(METRICS))
     if unknown:
         raise UsageError(f"--metrics: unknown {', '.join(unknown)} (allowed: {', '.join(METRICS)})")
-    for flag, path in (('--fid-weights', args.fid_weights), ('--classifier', args.classifier)):
+    for flag, path in (('--fid-weights', args.fid_weights), ('--classifier', args.classifier),
+                       ('--autoencoder', args.autoencoder)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f'{flag}: {path}: file not found')
     if args.json is not None:
@@ -278,8 +300,8 @@ def check_data(args, data):
     """UsageError unless the metrics can be computed on `data` (a dataset of `datasets.build_dataset`)."""
     if len(data.shape) != 3:
         raise UsageError(f"data.name '{data.name}': not image data")
-    if args.features == 'classifier' and not data.name.startswith('mnist'):
-        raise UsageError(f"--features classifier: digits only (data.name is '{data.name}')")
+    if args.features in ('classifier', 'autoencoder') and not data.name.startswith('mnist'):
+        raise UsageError(f"--features {args.features}: digits only (data.name is '{data.name}')")
 
 
 def _metrics(args):
@@ -289,6 +311,8 @@ def _metrics(args):
 def compute(args, images, data, device):
     """Print (and with --json write) the metrics of the PNGs in `images` against the training images
     of `data` (a dataset of `datasets.build_dataset`)."""
+    import torch
+
     from evaluation import fidelity  # torch-fidelity is needed here only
 
     check_data(args, data)
@@ -297,24 +321,34 @@ def compute(args, images, data, device):
         if args.classifier:
             weights = Path(args.classifier)
         else:
-            weights, accuracy = fidelity.cached_classifier(data, args.cache_dir)
+            weights, accuracy = fidelity.cached_classifier(data, args.cache_dir, quiet=getattr(args, 'quiet', False))
             if accuracy is not None:
                 print(f'fid: trained the digit classifier on {data.name}: held-out accuracy {accuracy:.3f}; saved {weights}')
+    elif args.features == 'autoencoder':
+        from evaluation import digit_features
+        weights, rmse = ((Path(args.autoencoder), None) if args.autoencoder else
+                         digit_features.cached_autoencoder(data, args.cache_dir, quiet=getattr(args, 'quiet', False)))
+        if rmse is not None:
+            print(f'fid: trained the digit autoencoder on {data.name}: held-out RMSE {rmse:.3f}; saved {weights}')
     num_images = len(list(Path(images).glob(IMAGE_PATTERN)))
     num_reference = len(data.images) if args.num_reference is None else min(args.num_reference, len(data.images))
     # A classifier's distances compare only with its own: the line names its weights, not just its file.
-    features = (f'digit classifier {Path(weights).name} (weights {fidelity.classifier_fingerprint(weights)})'
-                if args.features == 'classifier' else 'Inception-v3')
+    features = (f'digit {args.features} {Path(weights).name} (weights {fidelity.classifier_fingerprint(weights)})'
+                if args.features != 'inception' else 'Inception-v3')
     print(f'fid: {num_images} images in {images} against {num_reference} {data.name} training images, {features} features')
-    try:
-        with feature_progress(getattr(args, 'quiet', False)):
+    cuda = torch.device(device).type == 'cuda'
+    try:  # torch-fidelity moves its work to the current CUDA device: `device`'s, for the duration
+        with feature_progress(getattr(args, 'quiet', False)), torch.cuda.device(device) if cuda else contextlib.nullcontext():
             result = fidelity.image_metrics(images, data, metrics=_metrics(args), features=args.features,
                                             weights=weights, cache_root=args.cache_dir, num_reference=args.num_reference,
-                                            cuda=str(device).startswith('cuda'))
+                                            cuda=cuda)
     except fidelity.FidelityError as e:
         raise UsageError(str(e)) from None
     if args.features != 'inception':  # torch-fidelity names its numbers for Inception features
         result = {name.replace('inception', args.features): value for name, value in result.items()}
+    if data.name.startswith('mnist'):  # what a network's features may miss: noise on the background, blur
+        from evaluation.pixel_stats import folder_pixel_metrics
+        result.update(folder_pixel_metrics(images, data))
     for name, value in result.items():
         print(f'{name:36s} {value:.6g}')
     if args.json:

@@ -24,3 +24,9 @@ class FidelityError(ValueError):
 
 class RunStopped(RuntimeError):
     """A run that stopped itself for a reason the user must act on (exit code 1)."""
+
+
+def first_line(error, limit=200):
+    """An exception's message cut to one line (its type when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -1,9 +1,9 @@
 """Sample-quality metrics of a checkpoint, next to the floor of its sampler.
 
     python metrics.py --ckpt RUN/checkpoints/last.ckpt [--num 5000] [--steps 18] [--solver heun]
-                      [--schedule karras] [--seed 0] [--json FILE] [--sigma-plot FILE] [--likelihood N]
+                      [--schedule karras] [--seed 0] [--json FILE] [--sigma-plot FILE] [--likelihood N] [--quiet]
     python metrics.py --ckpt RUN/checkpoints/last.ckpt --probe [--probe-sigma 0.5] [--probe-train 4000]
-                      [--probe-test 1000] [--seed 0] [--json FILE]
+                      [--probe-test 1000] [--seed 0] [--json FILE] [--quiet]
 
 Rows: the trained model; the same sampler, schedule, steps and noise with the exact denoiser
 (the discretisation floor any trained model is held to); and fresh ground truth against ground
@@ -23,8 +23,14 @@ training images for mnist-5k, which has no other (said in the output).
 encoder (evaluation/probe.py): the pooled activations at the end of the UNet encoder for the training
 images plus noise of σ = --probe-sigma fit a logistic regression on --probe-train images, scored on
 --probe-test others (a split seeded by --seed), against chance (1/classes).
+
+A progress bar on stderr follows each phase that takes a while: the sampling (solver steps), the
+metrics of each set of samples, the likelihood and the σ plot (denoiser calls), the probe's features
+(images); none with --quiet.
 """
 
+import contextlib
+import inspect
 import json
 import math
 from pathlib import Path
@@ -34,6 +40,41 @@ from cli import (Parser, UsageError, add_sampler_args, check_device, check_outpu
 
 # --probe's defaults (evaluation.probe.DEFAULT_SIGMA, here so that --help needs no torch).
 PROBE_SIGMA, PROBE_TRAIN, PROBE_TEST = 0.5, 4000, 1000
+
+
+def progress_bar(args, desc, unit, iterable=None, total=None):
+    """A progress bar on stderr over one phase of the work (none with --quiet)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=f'metrics: {desc}', unit=unit, dynamic_ncols=True, disable=args.quiet)
+
+
+def counting(denoiser, bar):
+    """`denoiser`, moving `bar` on by one at each call."""
+    def counted(*inputs):
+        bar.update()
+        return denoiser(*inputs)
+    return counted
+
+
+@contextlib.contextmanager
+def counting_images(module, bar):
+    """For the duration, `bar` moves on by the batch of each forward call of `module`."""
+    def count(_module, inputs):
+        bar.update(len(inputs[0]))  # and return None: what a pre-hook returns replaces the inputs
+
+    handle = module.register_forward_pre_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def nll_sigmas():
+    """The denoiser calls of one `entropy.likelihood.nll` estimate: the points of its σ grid."""
+    from entropy.likelihood import nll
+
+    return inspect.signature(nll).parameters['num_points'].default
 
 
 def sigma_curves(denoiser, dataset, sigma, num, generator):
@@ -70,32 +111,38 @@ def held_out_images(config, num, seed):
     return images[index.to(images.device)], source
 
 
-def image_likelihood(model, num, seed, no_ema):
-    """Mean bits/dim (dequantised I-MMSE bound) of `num` images, with its standard error over images."""
+def image_likelihood(args, model):
+    """Mean bits/dim (dequantised I-MMSE bound) of --likelihood images, with its standard error over images."""
     import torch
 
     from entropy.likelihood import image_bits_per_dim
+    num, seed, no_ema = args.likelihood, args.seed, args.no_ema
     images, source = held_out_images(model.config, num, seed)
-    bpd = torch.cat([image_bits_per_dim(model.sampling_denoiser(not no_ema), batch.to(model.device),
-                                        generator=torch.Generator(model.device).manual_seed(seed + i),
-                                        scale=model.config.data.scale)
-                     for i, batch in enumerate(images.split(64))])
+    batches = images.split(64)
+    with progress_bar(args, 'likelihood', 'σ', total=len(batches) * nll_sigmas()) as bar:
+        bpd = torch.cat([image_bits_per_dim(counting(model.sampling_denoiser(not no_ema), bar), batch.to(model.device),
+                                            generator=torch.Generator(model.device).manual_seed(seed + i),
+                                            scale=model.config.data.scale)
+                         for i, batch in enumerate(batches)])
     mean, se = bpd.mean().item(), (bpd.std() / math.sqrt(len(bpd))).item() if len(bpd) > 1 else float('nan')
     print(f'{model.config.name}: {mean:.4f} ± {se:.4f} bits/dim (uniformly dequantised, I-MMSE; an upper bound) '
           f'on {num} {model.config.data.name} images ({source}), {"raw" if no_ema else "EMA"} weights')
     return {'bits_per_dim': mean, 'standard_error': se, 'images': num, 'source': source}
 
 
-def likelihood(model, exact, num, seed, no_ema):
-    """Mean NLL (nats, bits/dim) of `num` held-out points: model and exact denoiser by I-MMSE, and exact −log p."""
+def likelihood(args, model, exact):
+    """Mean NLL (nats, bits/dim) of --likelihood held-out points: model and exact denoiser by I-MMSE, and exact −log p."""
     import torch
 
     from entropy.likelihood import bits_per_dim, nll
 
-    x0 = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(seed + 7))
+    num = args.likelihood
+    x0 = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 7))
     dim = model.dataset.dim
-    rows = {'model (I-MMSE)': nll(model.sampling_denoiser(not no_ema), x0, generator=torch.Generator(model.device).manual_seed(0)),
-            'exact denoiser (I-MMSE)': nll(exact, x0, generator=torch.Generator(model.device).manual_seed(0))}
+    with progress_bar(args, 'likelihood', 'σ', total=2 * nll_sigmas()) as bar:
+        rows = {name: nll(counting(denoiser, bar), x0, generator=torch.Generator(model.device).manual_seed(0))
+                for name, denoiser in (('model (I-MMSE)', model.sampling_denoiser(not args.no_ema)),
+                                       ('exact denoiser (I-MMSE)', exact))}
     if model.dataset.mixture is not None:
         rows['exact -log p'] = -model.dataset.mixture.log_prob(x0.double())
     print(f'negative log-likelihood of {num} held-out points: nats/sample, bits/dim')
@@ -120,6 +167,7 @@ def main(argv=None):
                         help=f'noise level of the probed inputs (default {PROBE_SIGMA}, σ_data)')
     parser.add_argument('--probe-train', type=int, metavar='N', help=f'images the probe fits (default {PROBE_TRAIN})')
     parser.add_argument('--probe-test', type=int, metavar='N', help=f'held-out images it is scored on (default {PROBE_TEST})')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
     args = parser.parse_args(argv)
     check_probe_args(args)
     check_sampler_args(args)
@@ -141,7 +189,7 @@ def main(argv=None):
         if args.probe:
             table['probe'] = probe(args, model)
         if args.likelihood:
-            table['likelihood'] = image_likelihood(model, args.likelihood, args.seed, args.no_ema)
+            table['likelihood'] = image_likelihood(args, model)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(table, indent=2))
@@ -157,14 +205,15 @@ def main(argv=None):
                         device=model.device)
     sigmas = model.sigmas(args.steps, args.schedule, args.sigma_min, args.sigma_max, args.rho).to(model.device)
     solver = args.solver or model.config.sample.solver
-    rows = {
-        'model': model.sample(num, **kwargs),
-        'exact denoiser': sampling.sample(exact, noise, sigmas, solver,
-                                          generator=torch.Generator(model.device).manual_seed(args.seed)),
-        'ground truth': model.dataset.sample(num, generator=generator),
-    }
+    with progress_bar(args, 'sample', 'step', total=2 * (len(sigmas) - 1)) as bar:
+        rows = {
+            'model': model.sample(num, callback=lambda step: bar.update(), **kwargs),
+            'exact denoiser': sampling.sample(exact, noise, sigmas, solver, callback=lambda step: bar.update(),
+                                              generator=torch.Generator(model.device).manual_seed(args.seed)),
+            'ground truth': model.dataset.sample(num, generator=generator),
+        }
     table = {name: sample_metrics(x, reference, mixture=mixture, generator=torch.Generator().manual_seed(0))
-             for name, x in rows.items()}
+             for name, x in progress_bar(args, 'swd, mmd, nll', 'set', rows.items())}
     print(f'{model.config.name}: {solver}, {args.schedule or model.config.sample.schedule}, '
           f'{len(sigmas) - 1} steps, {num} samples, {"raw" if args.no_ema else "EMA"} weights')
     columns = list(next(iter(table.values())))
@@ -172,15 +221,16 @@ def main(argv=None):
     for name, values in table.items():
         print(f'{name:16s}' + ''.join(f'{values[c]:12.4f}' for c in columns))
     if args.likelihood:
-        table['likelihood'] = likelihood(model, exact, args.likelihood, args.seed, args.no_ema)
+        table['likelihood'] = likelihood(args, model, exact)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(table, indent=2))
     if args.sigma_plot:
         Path(args.sigma_plot).parent.mkdir(parents=True, exist_ok=True)
         grid = torch.logspace(math.log10(0.002), math.log10(80), 40)
-        curves = {name: sigma_curves(d, model.dataset, grid, 2000, torch.Generator(model.device).manual_seed(2))
-                  for name, d in (('model (EMA)', model.sampling_denoiser(not args.no_ema)), ('exact', exact))}
+        with progress_bar(args, 'σ plot', 'σ', total=2 * len(grid)) as bar:
+            curves = {name: sigma_curves(counting(d, bar), model.dataset, grid, 2000, torch.Generator(model.device).manual_seed(2))
+                      for name, d in (('model (EMA)', model.sampling_denoiser(not args.no_ema)), ('exact', exact))}
         plots.save(plots.sigma_curves_figure(grid.numpy(), curves), args.sigma_plot)
 
 
@@ -220,8 +270,11 @@ def probe(args, model):
     if args.probe_train + args.probe_test > len(data.images):
         raise UsageError(f'--probe-train {args.probe_train} + --probe-test {args.probe_test}: {data.name} has '
                          f'{len(data.images)} images')
-    result = probe_accuracy(model, sigma=args.probe_sigma, num_train=args.probe_train, num_test=args.probe_test,
-                            seed=args.seed, use_ema=not args.no_ema)
+    network = model.raw_denoiser if args.no_ema else model.denoiser
+    with (progress_bar(args, 'probe features', 'img', total=args.probe_train + args.probe_test) as bar,
+          counting_images(network, bar)):
+        result = probe_accuracy(model, sigma=args.probe_sigma, num_train=args.probe_train, num_test=args.probe_test,
+                                seed=args.seed, use_ema=not args.no_ema)
     weights = 'raw' if args.no_ema else 'post-hoc EMA' if args.posthoc_sigma_rel else 'EMA'
     h, w = result['feature_resolution']
     print(f"{model.config.name}: linear-probe accuracy {result['accuracy']:.4f} (chance {result['chance']:.4f}) "

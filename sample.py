@@ -15,6 +15,11 @@ its initial noise (with --seeds: from its seed, as NVlabs/edm's generate.py does
 unconditional model; --guidance W weighs classifier-free guidance (0: unconditional, 1: conditional,
 default; larger: stronger). Several classes (`--class 0-9`) write DIR/grid.png with one row of --num
 images per class, the same initial noise in every row.
+Under torchrun (`torchrun --nproc_per_node 8 sample.py --seeds 0-49999 ...`) each process samples on its own
+GPU, cuda:LOCAL_RANK (unless --device names one), and draws its share of the seeds, split as NVlabs/edm's
+generate.py splits them: batches of at most --batch, as many as a multiple of the processes, every
+N-th to each; a process left with none writes nothing. The images are those of one process, bit for
+bit (checked on the CPU: tests/test_distributed_sampling.py; benchmarks/gpu_check.py checks a GPU).
 A progress bar on stderr counts samples per second (rank 0 only under torchrun; none with --quiet).
 --network and --outdir are NVlabs/edm's names of --ckpt and --out.
 """
@@ -35,7 +40,7 @@ def main(argv=None):
                         help='output folder (default: RUN/samples next to the checkpoint folder; --outdir: NVlabs/edm\'s name)')
     parser.add_argument('--trajectories', action='store_true', help='also plot denoising trajectories')
     parser.add_argument('--seeds', help="one sample per seed: '0-999', '1,5,10-19' (instead of --num and --seed)")
-    parser.add_argument('--batch', type=int, default=10000, help='with --seeds: samples per batch (default 10000)')
+    parser.add_argument('--batch', type=int, default=10000, help='with --seeds: most samples per batch, per process (default 10000)')
     parser.add_argument('--class', dest='class_label', help="class to draw (class-conditional models; default: one "
                         "class per sample, drawn from its seed, as NVlabs/edm's generate.py); 'none': unconditional; "
                         "several, e.g. '0-9': a grid with one row per class")
@@ -118,6 +123,17 @@ def advance(bar, size, steps, i):
     bar.update(size * (i + 1) // steps - size * i // steps)
 
 
+def rank_batches(seeds, max_batch_size, rank, world):
+    """Process `rank`'s batches of `seeds` out of `world` processes, as NVlabs/edm's generate.py splits them:
+    the fewest batches of at most `max_batch_size` seeds, rounded up to a multiple of `world`, of sizes that
+    differ by one at most; each process takes every world-th. With fewer seeds than processes some get
+    none (and draw nothing). Each seed draws from its own stream, so its image is the same in any batch."""
+    import numpy as np
+
+    num_batches = ((len(seeds) - 1) // (max_batch_size * world) + 1) * world
+    return [batch.tolist() for batch in np.array_split(np.array(seeds), num_batches)[rank::world] if len(batch)]
+
+
 def draw(args, model, seeds, num, out, rank, world):
     """Sample `num` points or images (with --seeds, this rank's share of them) and write them to `out`."""
     import numpy as np
@@ -125,10 +141,7 @@ def draw(args, model, seeds, num, out, rank, world):
 
     from evaluation import plots
 
-    batches = [seeds[i:i + args.batch] for i in range(0, num, args.batch)] if seeds else [None]
-    # Under torchrun each process takes every world-th batch: the same batches as one process, so
-    # the same images bit for bit, with no seed twice and none missed.
-    batches = batches[rank::world]
+    batches = rank_batches(seeds, args.batch, rank, world) if seeds else [None]
     xs, paths = [], []
     bar, steps = progress(args, model, sum(len(batch) for batch in batches) if seeds else num, rank)
     with bar:
@@ -148,12 +161,11 @@ def draw(args, model, seeds, num, out, rank, world):
                     plots.save_image(image, out / f'{seed:06d}.png')
                 x = x[:64 - sum(len(kept) for kept in xs)]
             xs.append(x.cpu())
-    x = torch.cat(xs)
 
     out.mkdir(parents=True, exist_ok=True)
     if model.is_image_model:
-        if rank == 0:  # from its own images: the first ones, and all of them with one process
-            plots.save_image(plots.image_grid(x, scale=model.config.data.scale), out / 'grid.png')
+        if rank == 0:  # from its own images, which begin with the first seeds: all of them with one process
+            plots.save_image(plots.image_grid(torch.cat(xs), scale=model.config.data.scale), out / 'grid.png')
         written = sum(len(batch) for batch in batches) if seeds else 0
         print(f'sample: wrote {out}/grid.png' if rank == 0 else 'sample:', end='')
         print(f' and {written} of {num} images {out}/NNNNNN.png' + (f' (process {rank} of {world})' if world > 1 else '')
@@ -166,7 +178,8 @@ def draw(args, model, seeds, num, out, rank, world):
             if rank == 0:
                 compute(args, out, model.dataset, model.device)
         return
-    np.savez(out / 'samples.npz', x=x.cpu().numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
+    x = torch.cat(xs)
+    np.savez(out / 'samples.npz', x=x.numpy(), **({'seeds': np.array(seeds)} if seeds else {}))
     reference = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 1))
     s = model.config.sample
     title = f'{model.config.name}: {args.solver or s.solver}, {args.schedule or s.schedule}, {args.steps or s.steps} steps'
@@ -202,7 +215,7 @@ def _classes(args):
     if args.class_label in (None, 'none'):
         return []
     try:
-        return sampling.parse_seeds(args.class_label)
+        return sampling.parse_seeds(args.class_label, 'class', "0-9 (or 'none')")
     except ValueError as e:
         raise UsageError(f'--class: {e}') from None
 

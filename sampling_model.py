@@ -13,16 +13,17 @@ mixture, an offline profile). The training module samples its figures through th
 
 import copy
 import math
+import os
 from pathlib import Path
 
 import torch
 
 import sampling
-from entropy import PROFILE_SCHEDULES, SURROGATE_SCHEDULE, EntropyProfile, surrogate_sigmas
-from errors import CheckpointError
+from checkpoint_file import read_checkpoint
+from entropy import (PROFILE_SCHEDULES, SURROGATE_SCHEDULE, EntropyProfile, build_profile, profile_kwargs,
+                     surrogate_sigmas)
+from errors import CheckpointError, first_line
 from networks import build_denoiser
-from training.checkpoint import first_line, read_checkpoint
-from training.noise import build_profile, profile_kwargs
 
 
 # `class_label` of `SamplingModel.sample`: one uniformly random class per sample, drawn from the sample's own
@@ -185,9 +186,17 @@ def _data_shape(meta, config):
     return data.shape, data.num_classes if config.network.class_conditional else 0
 
 
+def process_device(device=None):
+    """The torch.device of `device`, where None and a bare 'cuda' name this process's GPU: cuda:LOCAL_RANK
+    when CUDA is available (one GPU per process under torchrun, as NVlabs/edm), else None names the cpu."""
+    if (device is None or str(device) == 'cuda') and torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return torch.device(device or 'cpu')
+
+
 def load_model(path, device=None):
-    """A `SamplingModel` from a cedm checkpoint: `load_model(p).sample(1000)`. On `device` (default
-    cuda when available). Raises CheckpointError with a one-line reason for missing, corrupt or
+    """A `SamplingModel` from a cedm checkpoint: `load_model(p).sample(1000)`. On `device` (default:
+    `process_device`'s, cuda:LOCAL_RANK when available). Raises CheckpointError with a one-line reason for missing, corrupt or
     foreign files."""
     checkpoint, config = read_checkpoint(path)
     meta = checkpoint['cedm']
@@ -203,4 +212,4 @@ def load_model(path, device=None):
         raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {first_line(e)}") from None
     model = SamplingModel(config, denoiser.eval(), raw.eval(), profile, shape, num_classes,
                           posthoc_state=meta.get('posthoc_ema'))
-    return model.to(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    return model.to(process_device(device))

@@ -35,7 +35,7 @@ from evaluation.divergence import reverse_kl
 from evaluation.metrics import sliced_wasserstein
 from files import write_atomically
 from sampling_model import load_model
-from training.config import DataConfig
+from config import DataConfig
 
 SCHEDULES = ('karras', 'loglinear', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure', 'surrogate')
 PROFILE_KINDS = {'entropic': 'entropic', 'rescaled-entropic': 'rescaled', 'structure': 'structure',

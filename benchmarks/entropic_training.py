@@ -198,7 +198,7 @@ def config_file(dataset):
 
 
 def load_dataset_config(dataset, protocol, overrides=()):
-    from training.config import load_config
+    from config import load_config
 
     return load_config(config_file(dataset), data_overrides(dataset, protocol) + list(overrides))
 
@@ -354,9 +354,9 @@ def run_one(dataset, variant, seed, steps, evals, out, threads=1, protocol=None,
     from datasets.images import to_data
     from entropy.profile import EntropyProfile
     from evaluation.fidelity import DigitClassifier, classifier_fingerprint
-    from training.checkpoint import read_checkpoint
+    from checkpoint_file import read_checkpoint
     from training.module import EDMModule
-    from training.noise import profile_kwargs
+    from entropy import profile_kwargs
 
     protocol, variants = protocol or load_protocol(), variants or load_variants()
     settings = run_settings(dataset, variant, seed, steps, protocol, variants, tuned)

@@ -1,5 +1,6 @@
-"""Sampling schedules on image models (#21): Fréchet distance and KID in the features of an independent
-digit classifier, against NFE, per solver, over models from several training seeds.
+"""Sampling schedules on image models (#21, #37): every image metric (FD and KID in the features of an
+independent digit classifier and of a digit autoencoder, background RMS, spectrum distance) against NFE,
+per solver, over models from several training seeds, with a grid of samples per point.
 
     python -m benchmarks.image_sampling --ckpt runs/mnist-fast*/checkpoints/last.ckpt
         [--solvers euler heun dpmpp_2m euler_ancestral] [--schedules karras loglinear ... surrogate]
@@ -7,25 +8,31 @@ digit classifier, against NFE, per solver, over models from several training see
 
 Every (checkpoint, solver, NFE, schedule, draw) is one row of DIR/rows.jsonl, appended as it finishes,
 so the benchmark resumes where it stopped and grows by later calls with other solvers, NFE or
-schedules; DIR/results.md and DIR/nfe.png are rebuilt from every row there.
+schedules; DIR/results-PROFILE.md and DIR/nfe-PROFILE.png are rebuilt from every row there.
 
 - Samples: class-conditional (guidance 1), one uniformly random class per sample; draw k uses the
   same initial noise, classes and ancestral noise for every schedule and solver (paired). NFE: heun
-  takes (NFE + 1) // 2 steps (2·steps − 1 denoiser calls), the other solvers NFE steps.
-- Features: `evaluation.fidelity.DigitClassifier`, trained once on 90% of the real digits and kept in
-  DIR beside the rows it scored (a classifier retrained on another machine differs in its last bits, and
-  distances in its features do not compare); every row names the classifier and the model weights it was
-  measured with, and the summary refuses rows of two classifiers or two models under one checkpoint path;
+  takes (NFE + 1) // 2 steps (2·steps − 1 denoiser calls), the other solvers NFE steps. The first
+  checkpoint's first 64 samples of draw 0 are kept as DIR/grids/SOLVER-NFE-SCHEDULE.png.
+- Schedules: those of `sample.py`, and `rescaled-entropic-to-sigma-min`, rescaled entropic time as it
+  was before #37 (its last level σ_min, no denoising last step), to compare.
+- Metrics (METRICS; `Scorer`): the networks, `evaluation.fidelity.DigitClassifier` and
+  `evaluation.digit_features.DigitAutoencoder`, are trained once and kept in DIR beside the rows they
+  scored (one retrained on another machine differs in its last bits, and distances in its features do
+  not compare); every row names both networks and the model weights it was measured with, and the
+  summary refuses rows of two classifiers, two autoencoders or two models under one checkpoint path;
   samples are rounded to 8-bit pixels as PNGs would be. FD and KID (torch-fidelity's: cubic polynomial
-  kernel, unbiased MMD² averaged over 10 subsets of 1000, × 1000) against all but 1000 of the real
-  digits (a seeded random split); the floor is those 1000 real digits scored the same way.
+  kernel, unbiased MMD² averaged over 10 subsets of 1000, × 1000) against all but the autoencoder's
+  1000 held-out real digits (a seeded random split), background RMS and spectrum distance
+  (`evaluation.pixel_stats`) against the same; the floor is the 1000 held-out digits scored the same way.
 - Profiles: `online` reads each checkpoint's training-time profile; `offline` re-estimates it with
   the sampling (class-conditional) denoiser on the data's digits (64 σ × 256 samples, seed 0). The
   offline summary ends with the two compared wherever both were measured: steps moved, FD ratio per model.
 - Statistics: per checkpoint the mean over draws; across checkpoints (training seeds) the mean with
   a Student-t 95% interval, and each schedule's difference from karras ρ = 7 paired by checkpoint
   (`benchmarks.seed_statistics.paired_difference`). A schedule is better (worse) than karras at a
-  point only where that whole interval lies below (above) zero.
+  point by one metric only where that whole interval lies below (above) zero; the summary's verdict
+  says better (worse) only where every metric says so, tie where none does, disputed otherwise.
 """
 
 import argparse
@@ -43,19 +50,30 @@ import sampling
 from benchmarks.seed_statistics import paired_difference
 from datasets.images import to_data
 from entropy import EntropyProfile
-from evaluation.plots import to_uint8
+from entropy.profile import PROFILE_SCHEDULES
+from evaluation.plots import image_grid, save_image, to_uint8
+from evaluation.digit_features import cached_autoencoder, held_out_split, load_autoencoder
 from evaluation.fidelity import DigitClassifier, cached_classifier, weights_fingerprint
+from evaluation.pixel_stats import PixelReference
 from sampling_model import load_model
 
 SCHEDULES = ('karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure',
-             'surrogate')
+             'surrogate', 'rescaled-entropic-to-sigma-min')
+# Profile schedules as they were before #37 (`EntropyProfile.sigmas(final_denoise=False)`: the last level
+# sigma_min, no denoising last step), for comparison: the schedule each was.
+TO_SIGMA_MIN = {'rescaled-entropic-to-sigma-min': 'rescaled-entropic'}
 SOLVERS = ('euler', 'heun', 'dpmpp_2m', 'euler_ancestral')
 BASELINE = 'karras'
-NUM_FLOOR = 1000  # real digits scored like samples (the floor of each metric); the rest are the reference
 BATCH = 100  # on one CPU thread the UNet runs 1.8x faster per image in batches of 100 than of 500 (cache)
 OFFLINE_POINTS, OFFLINE_SAMPLES = 64, 256  # the offline profile: σ points and samples at each
 KID_SUBSETS = 10  # KID: mean over random subsets of at most 1000 samples and 1000 reference digits
 FIXED = ('karras', 'loglinear', 'vp')  # schedules that read no profile: one row serves both profiles
+FEATURES = {'classifier': '', 'autoencoder': 'ae_'}  # feature space: the prefix of its rows' fd and kid
+# Every metric of a row, lower is closer to real digits: FD, KID × 1000 in each feature space; background RMS
+# in 8-bit levels; spectrum distance as RMS log10 power ratio (evaluation/pixel_stats.py).
+METRICS = {'fd': 'classifier FD', 'kid': 'classifier KID', 'ae_fd': 'autoencoder FD', 'ae_kid': 'autoencoder KID',
+           'background': 'background RMS', 'spectrum': 'spectrum distance'}
+GRID = 64  # images in the grid kept per (solver, NFE, schedule): the first checkpoint's draw 0
 
 
 def steps_for(solver, nfe):
@@ -67,8 +85,11 @@ def steps_for(solver, nfe):
 
 
 class Scorer:
-    """FD and KID (torch-fidelity's, in the digit classifier's features) of images [n, 1, H, W] in
-    [−1, 1] against the reference digits of `data`, in the features of the digit classifier kept in `folder`."""
+    """Every metric (METRICS) of images [n, 1, H, W] in [−1, 1] against the reference digits of `data`:
+    FD and KID (torch-fidelity's) in the features of the digit classifier and of the digit autoencoder
+    kept in `folder` (each trained there once), background RMS and spectrum distance
+    (`evaluation.pixel_stats`). The reference: every digit but the autoencoder's held-out ones, which,
+    scored like samples, give each metric's floor."""
 
     def __init__(self, data, folder):
         path, _ = cached_classifier(data, folder)
@@ -77,23 +98,31 @@ class Scorer:
         self.classifier = DigitClassifier(data.num_classes)
         self.classifier.load_state_dict(weights)
         self.classifier.eval()
+        self.autoencoder = load_autoencoder(cached_autoencoder(data, folder)[0])
+        self.autoencoder_fingerprint = weights_fingerprint(self.autoencoder.state_dict())
+        held_out, reference = held_out_split(len(data))
+        self.pixels = PixelReference(data.images.cpu()[reference])
         real = to_data(data.images.cpu())
-        order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))  # files may be sorted by class
-        self.reference = self.features(real[order[NUM_FLOOR:]])
-        self.statistics = fid_features_to_statistics(self.reference)
-        self.floor = self.score(real[order[:NUM_FLOOR]])
+        self.reference = {name: self.features(name, real[reference]) for name in FEATURES}
+        self.statistics = {name: fid_features_to_statistics(f) for name, f in self.reference.items()}
+        self.floor = self.score(real[held_out])
 
     @torch.no_grad()
-    def features(self, images):
+    def features(self, name, images):
+        network = self.classifier if name == 'classifier' else self.autoencoder
         pixels = to_data(to_uint8(images))  # as written to 8-bit PNGs
-        return torch.cat([self.classifier.features(chunk) for chunk in pixels.split(BATCH)]).double()
+        return torch.cat([network.features(chunk) for chunk in pixels.split(BATCH)]).double()
 
     def score(self, images):
-        features = self.features(images)
-        fd = fid_statistics_to_metric(fid_features_to_statistics(features), self.statistics, verbose=False)
-        kid = kid_features_to_metric(features, self.reference, kid_subsets=KID_SUBSETS,
-                                     kid_subset_size=min(len(features), 1000), verbose=False)
-        return {'fd': fd['frechet_inception_distance'], 'kid': 1000 * kid['kernel_inception_distance_mean']}
+        scores = self.pixels.score(to_uint8(images))
+        for name, prefix in FEATURES.items():
+            features = self.features(name, images)
+            fd = fid_statistics_to_metric(fid_features_to_statistics(features), self.statistics[name], verbose=False)
+            kid = kid_features_to_metric(features, self.reference[name], kid_subsets=KID_SUBSETS,
+                                         kid_subset_size=min(len(features), 1000), verbose=False)
+            scores[prefix + 'fd'] = fd['frechet_inception_distance']
+            scores[prefix + 'kid'] = 1000 * kid['kernel_inception_distance_mean']
+        return scores
 
 
 def offline_profile(model, seed=0):
@@ -113,6 +142,15 @@ def offline_profile(model, seed=0):
     return EntropyProfile.from_denoiser(denoiser, draw, noise.sigma_min, noise.sigma_max, num_points=OFFLINE_POINTS,
                                         samples_per_point=OFFLINE_SAMPLES, generator=generator,
                                         spectrum=model.profile.spectrum, batch_size=BATCH, min_count=1)
+
+
+def schedule_sigmas(model, steps, schedule, solver):
+    """The model's σ discretisation `schedule`, or one of TO_SIGMA_MIN."""
+    if schedule in TO_SIGMA_MIN:
+        s = model.config.sample
+        return model.profile.sigmas(steps, PROFILE_SCHEDULES[TO_SIGMA_MIN[schedule]], s.sigma_min, s.sigma_max,
+                                    final_denoise=False)
+    return model.sigmas(steps, schedule, solver=solver)
 
 
 def generate(model, solver, sigmas, num, draw):
@@ -142,7 +180,8 @@ def run(args, out):
         if data.name not in scorers:
             scorers[data.name] = Scorer(data, out)
         scorer = scorers[data.name]
-        check_rows(rows + [{'ckpt': ckpt, 'model': weights, 'classifier': scorer.fingerprint}])  # before any work
+        features = {'classifier': scorer.fingerprint, 'autoencoder': scorer.autoencoder_fingerprint}
+        check_rows(rows + [{'ckpt': ckpt, 'model': weights, **features}])  # before any work
         if args.profile == 'offline':
             model.profile = offline_profile(model)
         for solver in args.solvers:
@@ -155,18 +194,20 @@ def run(args, out):
                         if key in done:
                             continue
                         if sigmas is None:
-                            sigmas = model.sigmas(steps, schedule, solver=solver)
+                            sigmas = schedule_sigmas(model, steps, schedule, solver)
+                        images = generate(model, solver, sigmas, args.num, draw)
+                        grid = out / 'grids' / f'{solver}-{nfe}-{schedule}.png'
+                        if ckpt == args.ckpt[0] and draw == 0 and not grid.exists():
+                            save_image(image_grid(images[:GRID]), grid)
                         row = {'ckpt': ckpt, 'seed': model.config.seed, 'profile': profile, 'solver': solver,
                                'nfe': nfe, 'steps': steps, 'schedule': schedule, 'draw': draw, 'num': args.num,
-                               'data': data.name, 'model': weights, 'classifier': scorer.fingerprint,
-                               'floor': scorer.floor,
-                               'sigmas': [round(s, 5) for s in sigmas.tolist()],
-                               **scorer.score(generate(model, solver, sigmas, args.num, draw))}
+                               'data': data.name, 'model': weights, **features, 'floor': scorer.floor,
+                               'sigmas': [round(s, 5) for s in sigmas.tolist()], **scorer.score(images)}
                         with rows_file.open('a') as f:
                             f.write(json.dumps(row) + '\n')
                         done.add(key)
                         print(f"{Path(ckpt).parent.parent.name} {solver} NFE {nfe} {schedule} draw {draw}: "
-                              f"FD {row['fd']:.2f} KID {row['kid']:.2f}", flush=True)
+                              f"FD {row['fd']:.2f} autoencoder FD {row['ae_fd']:.2f} background {row['background']:.2f}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,7 +217,7 @@ def by_draw(rows, profile, metric):
     """{(solver, nfe, schedule): {ckpt: {draw: `metric`}}} of the rows measured with `profile` (or none)."""
     grouped = {}
     for r in rows:
-        if r['profile'] in (profile, 'none'):
+        if r['profile'] in (profile, 'none') and metric in r:  # rows from before a metric lack it
             point = grouped.setdefault((r['solver'], r['nfe'], r['schedule']), {})
             point.setdefault(r['ckpt'], {})[r['draw']] = r[metric]
     return grouped
@@ -201,27 +242,54 @@ def interval(values, level=0.95):
     return float(values.mean()), float(values.mean() - half), float(values.mean() + half)
 
 
-def comparison(table, solver, nfe, schedule):
-    """The paired difference from karras over the checkpoints both have, or None."""
-    mine, base = table.get((solver, nfe, schedule), {}), table.get((solver, nfe, BASELINE), {})
+def comparison(table, solver, nfe, schedule, baseline=BASELINE):
+    """The paired difference from `baseline` over the checkpoints both have, or None."""
+    mine, base = table.get((solver, nfe, schedule), {}), table.get((solver, nfe, baseline), {})
     common = sorted(set(mine) & set(base))
-    if schedule == BASELINE or len(common) < 2:
+    if schedule == baseline or len(common) < 2:
         return None
     return paired_difference([mine[c] for c in common], [base[c] for c in common])
 
 
 def check_rows(rows):
-    """SystemExit unless `rows` were scored by one classifier and each checkpoint path holds one model
-    (rows from before these were recorded count as one unknown classifier and model)."""
-    classifiers = {r.get('classifier') for r in rows}
-    if len(classifiers) > 1:
-        raise SystemExit(f'rows scored by different classifiers ({", ".join(sorted(map(str, classifiers)))}): '
-                         'their distances do not compare; put new rows in another --out')
+    """SystemExit unless `rows` were scored by one classifier and one autoencoder and each checkpoint path
+    holds one model (rows from before these were recorded count as one unknown network)."""
+    for network in FEATURES:
+        fingerprints = {r.get(network) for r in rows}
+        if len(fingerprints) > 1:
+            raise SystemExit(f'rows scored by different {network}s ({", ".join(sorted(map(str, fingerprints)))}): '
+                             'their distances do not compare; put new rows in another --out')
     for ckpt in {r['ckpt'] for r in rows}:
         models = {r.get('model') for r in rows if r['ckpt'] == ckpt}
         if len(models) > 1:
             raise SystemExit(f'{ckpt}: rows of different model weights ({", ".join(sorted(map(str, models)))}) '
                              'under one checkpoint path: the model was retrained; put its rows in another --out')
+
+
+def verdict(differences):
+    """'better' (every paired interval below 0), 'worse' (every one above), 'tie' (none beyond 0) or
+    'disputed' (the metrics disagree) for {metric: PairedDifference}."""
+    signs = {-1 if d.high < 0 else 1 if d.low > 0 else 0 for d in differences.values()}
+    return {frozenset({-1}): 'better', frozenset({1}): 'worse', frozenset({0}): 'tie'}.get(frozenset(signs), 'disputed')
+
+
+def agreement(tables, baseline, schedules):
+    """Markdown rows, per (solver, NFE, schedule in `schedules`): each metric's difference from `baseline`
+    paired by checkpoint (mean [t interval]; **bold** below 0, _italic_ above), the verdict and the grid."""
+    metrics = list(tables)
+    lines = ['| solver | NFE | schedule | ' + ' | '.join(METRICS[m] for m in metrics) + ' | verdict | grid |',
+             '| --- | --- | --- |' + ' --- |' * (len(metrics) + 2)]
+    points = sorted({k for table in tables.values() for k in table if k[2] in schedules},
+                    key=lambda k: (SOLVERS.index(k[0]), k[1], SCHEDULES.index(k[2])))
+    for solver, nfe, schedule in points:
+        differences = {m: comparison(tables[m], solver, nfe, schedule, baseline) for m in metrics}
+        if any(d is None for d in differences.values()):
+            continue
+        texts = [f'{d.mean:+.3g} [{d.low:+.3g}, {d.high:+.3g}]' for d in differences.values()]
+        texts = [f'**{t}**' if d.high < 0 else f'_{t}_' if d.low > 0 else t for t, d in zip(texts, differences.values())]
+        grids = ' '.join(f'[{name}](grids/{solver}-{nfe}-{name}.png)' for name in (schedule, baseline))
+        lines.append(f'| {solver} | {nfe} | {schedule} | ' + ' | '.join(texts) + f' | {verdict(differences)} | {grids} |')
+    return lines
 
 
 def summary(rows, profile):
@@ -230,21 +298,33 @@ def summary(rows, profile):
     ckpts = sorted({r['ckpt'] for r in rows})
     draws = sorted({r['draw'] for r in rows})
     nums = sorted({r['num'] for r in rows})
-    floor = {m: np.mean([r['floor'][m] for r in rows]) for m in ('fd', 'kid')}
+    metrics = [m for m in METRICS if all(m in r['floor'] for r in rows)]
+    floor = ', '.join(f'{METRICS[m]} {np.mean([r["floor"][m] for r in rows]):.3g}' for m in metrics)
     lines += [f'Models: {len(ckpts)} checkpoints ({", ".join(ckpts)}); {len(draws)} noise draws of '
               f'{"/".join(map(str, nums))} samples per point and checkpoint; profile: {profile}.',
-              f'Floor (1000 real digits scored like samples): FD {floor["fd"]:.2f}, KID {floor["kid"]:.2f}.',
+              f'Floor (1000 held-out real digits scored like samples): {floor}.',
               'Cells: mean over checkpoints [Student-t 95% interval over checkpoints] of the per-checkpoint mean '
               'over draws. Marks: **bold** better than karras ρ = 7 (the paired interval of the difference '
               'entirely below 0), _italic_ worse (entirely above 0); unmarked: not distinguishable.', '']
-    for metric, label in (('fd', 'classifier FD'), ('kid', 'classifier KID × 1000')):
-        table = cells(rows, profile, metric)
-        schedules = [s for s in SCHEDULES if any(k[2] == s for k in table)]
+    tables = {metric: cells(rows, profile, metric) for metric in metrics}
+    schedules = [s for s in SCHEDULES if any(k[2] == s for k in tables[metrics[0]])]
+    if len(metrics) > 2:  # more than the classifier's: do the metrics agree?
+        lines += ['### Do the metrics agree? Differences from karras ρ = 7', '',
+                  'Per point, each metric\'s difference from karras paired by checkpoint, mean [t 95% interval '
+                  'over checkpoints]; verdict: better / worse where every metric\'s interval lies below / above 0, '
+                  'tie where none does, disputed otherwise. Grids: the first checkpoint\'s first 64 samples of draw 0.',
+                  ''] + agreement(tables, BASELINE, schedules) + ['']
+        for before, schedule in TO_SIGMA_MIN.items():
+            if schedule in schedules and before in schedules:
+                lines += [f'### {schedule} (#37: a denoising last step) against {before} (before #37)', '']
+                lines += agreement(tables, before, [schedule]) + ['']
+    for metric in metrics:
+        table = tables[metric]
         for solver in SOLVERS:
             nfes = sorted({k[1] for k in table if k[0] == solver})
             if not nfes:
                 continue
-            lines += [f'### {solver}: {label}', '', '| NFE | ' + ' | '.join(schedules) + ' |',
+            lines += [f'### {solver}: {METRICS[metric]}', '', '| NFE | ' + ' | '.join(schedules) + ' |',
                       '| --- |' + ' --- |' * len(schedules)]
             for nfe in nfes:
                 row = []

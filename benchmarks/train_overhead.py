@@ -23,6 +23,10 @@ how much of the difference is Lightning's own loop and how much is train.py's.
 GPU count at every step of a CPU run; train.py's loop trains without it (`RuntimeCudaCheck`), and so
 do the hand-written loop (a script that never imports Lightning) and Lightning's own loop. A fourth
 loop, the hand-written one under that check, measures what it costs.
+
+Last, the host synchronisations per step of train.py's loop (`StepSyncs`: the `.item()`s and `bool(tensor)`s
+of each step, each of which drains a GPU's queue), averaged over the whole run and over the steps that
+neither log nor refresh the profile.
 """
 
 import argparse
@@ -37,9 +41,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from ema_pytorch import EMA
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import train
-from training.config import load_config
+from config import load_config
 from training.loss import edm_loss
 from training.module import EDMModule, without_nvml_check
 
@@ -59,6 +64,53 @@ class StepTimer(L.Callback):
     @property
     def times(self):
         return self.starts + [self.end]
+
+
+class HostSyncs(TorchDispatchMode):
+    """Within: counts the ops that copy a tensor's value to the host (`count`): `aten._local_scalar_dense`,
+    behind `.item()`, `float(t)` and `bool(t)`. (`.tolist()` and `.cpu()` are not ops: the logging steps'
+    single `.tolist()` goes uncounted.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+class StepSyncs(L.Callback):
+    """The host synchronisations of each training step, from its start to the end of its callbacks listed
+    before this one (`counts`, one per step)."""
+
+    def __init__(self):
+        self.counts, self.mode = [], None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.mode = HostSyncs()
+        self.mode.__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.mode.__exit__(None, None, None)
+        self.counts.append(self.mode.count)
+
+
+def host_syncs(config, steps):
+    """(syncs per step over `steps` steps of train.py's loop, the same over the steps that neither log nor
+    refresh the profile): counted in a separate run, the counting slows every operation down."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = copy.deepcopy(config)
+        config.run_dir, config.trainer.max_steps, config.trainer.progress_bar = tmp, steps, False
+        torch.manual_seed(config.seed)
+        model = EDMModule(config)
+        trainer = train.build_trainer(config, Path(tmp))
+        counter = StepSyncs()
+        trainer.callbacks.append(counter)
+        trainer.fit(model)
+    t, noise = config.trainer, config.noise
+    quiet = [count for step, count in enumerate(counter.counts) if (step + 1) % t.log_every and (step + 1) % noise.refresh_every]
+    return sum(counter.counts) / len(counter.counts), sum(quiet) / max(len(quiet), 1)
 
 
 def lightning_step_times(config, steps):
@@ -95,7 +147,8 @@ class HandWritten:
         e = config.ema
         self.ema = EMA(self.denoiser, beta=e.beta, power=e.power, update_after_step=e.update_after_step,
                        update_every=e.update_every, include_online_model=False, use_foreach=True)
-        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas))
+        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                          fused=True)  # as train.py's (`EDMModule.configure_optimizers`)
         self.generator = torch.Generator(device).manual_seed(0)
         self.batch_size, self.device = config.trainer.batch_size, device
 
@@ -218,6 +271,10 @@ def main():
     print(f"hand-written under the NVML check that `import lightning` sets / without it: {best['nvml'] / best['plain']:.3f}")
     print(f"whole runs, figures included, fastest of each: hand-written {max(runs['plain']):.1f} steps/s, "
           f"train.py {max(runs['train']):.1f} steps/s, ratio {max(runs['train']) / max(runs['plain']):.3f}")
+    per_step, quiet = host_syncs(config, args.steps)
+    print(f"host synchronisations per step of train.py's loop: {per_step:.3f} over the run "
+          f"(log_every {config.trainer.log_every}, ckpt_every {config.trainer.ckpt_every}), "
+          f"{quiet:.3f} in the steps that neither log nor refresh")
 
 
 if __name__ == '__main__':

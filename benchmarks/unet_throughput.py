@@ -28,7 +28,7 @@ def measure(case, device, batch, iters, precision, queue):
     import torch
 
     from networks import build_denoiser
-    from training.config import NetworkConfig, PrecondConfig
+    from config import NetworkConfig, PrecondConfig
     from training.loss import edm_loss
 
     dataset, name, preset, shape = case

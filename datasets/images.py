@@ -10,6 +10,7 @@ representation shift is being studied); labels are kept for class conditioning.
 import hashlib
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -119,11 +120,17 @@ def torchvision_data(name, root, train=True, download=False, resolution=32, xfli
         more = f' and {len(missing) - 1} more' if len(missing) > 1 else ''
         raise DataError(f'data.root: {root}: {name} not found or incomplete (expected {EXPECTED[name]}; missing '
                         f'{missing[0]}{more}; data.download=true fetches it where a network exists)')
+    made = _missing_folders(root)
     try:
         dataset = cls(root, train=train, download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
-        raise DataError(f'data.root: {root}: {name} not found or incomplete (expected {EXPECTED[name]}; '
-                        f'data.download=true fetches it where a network exists): {_line(e)}') from None
+    except (OSError, RuntimeError) as e:  # offline: urllib's URLError (CIFAR), or torchvision's RuntimeError (MNIST)
+        if not download:  # torchvision: "Dataset not found or corrupted."
+            raise DataError(f'data.root: {root}: {name} not found or incomplete (expected {EXPECTED[name]}; '
+                            f'data.download=true fetches it where a network exists): {_line(e)}') from None
+        _remove_empty_folders(root, made)
+        reasons = re.findall(r'urlopen error ([^>]*)>', _line(e))  # torchvision's message names every mirror tried
+        raise DataError(f'data.download: {name} could not be fetched into {root} ({reasons[-1] if reasons else _line(e)[:120]}); without a '
+                        f'network, place {EXPECTED[name]} under data.root and set data.download=false') from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError) as e:
         raise DataError(f"data.root: {root}: {name} files not in torchvision's format (expected {EXPECTED[name]}): "
                         f'{type(e).__name__}: {_line(e)}') from None
@@ -131,6 +138,28 @@ def torchvision_data(name, root, train=True, download=False, resolution=32, xfli
     images = _pad(data[:, None], resolution) if name == 'mnist' else data.permute(0, 3, 1, 2)
     return ImageData(name, images.contiguous(), torch.as_tensor(np.asarray(dataset.targets)),
                      num_classes=NUM_CLASSES[name], xflip=xflip)
+
+
+def _missing_folders(path):
+    """`path` and those of its ancestors that do not exist, deepest first: what a failed download leaves behind."""
+    path, missing = Path(path).absolute(), []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty_folders(root, made):
+    """After a failed download: the empty folders under `root` (torchvision makes MNIST/raw and the like
+    before fetching), then those of `made` (deepest first) that are left empty."""
+    root = Path(root)
+    if root.is_dir():
+        for folder in sorted((p for p in root.rglob('*') if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    for folder in made:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _line(error):

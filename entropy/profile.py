@@ -463,7 +463,7 @@ class EntropyProfile(torch.nn.Module):
         value = torch.where(inside, (mass / self.bin_width).log(), -math.inf)
         return value.to(sigma.device, sigma.dtype)
 
-    def sigmas(self, num_steps, kind='rescaled', sigma_min=None, sigma_max=None):
+    def sigmas(self, num_steps, kind='rescaled', sigma_min=None, sigma_max=None, final_denoise=True):
         """A sampler discretisation uniform in entropic or rescaled entropic time (arXiv 2504.13612), or
         in destroyed structure.
 
@@ -471,10 +471,15 @@ class EntropyProfile(torch.nn.Module):
         ('entropic'), mmse/σ ('rescaled'), max(lmmse − mmse, 0)/σ² ('structure') or max(lmmse − mmse, 0)/σ
         ('rescaled-structure') over the grid, no gate,
         with a TIME_FLOOR log-uniform share so that it rises strictly even where the rate vanishes; linear
-        in log σ beyond the grid. τ_j is uniform between τ(sigma_max) and τ(sigma_min) (default: the
-        grid's ends) and mapped back to σ.
-        Returns float64 [num_steps + 1] on the profile's device: strictly decreasing from sigma_max to
-        sigma_min, then 0. A profile without usable rate gives the log-linear discretisation.
+        in log σ beyond the grid. num_steps + 1 times τ_j uniform between τ(sigma_max) and τ(sigma_min)
+        (default: the grid's ends) are mapped back to σ; the num_steps from sigma_max down are the noise
+        levels, and the last step lands on 0 (the denoiser's output) from the level 1/num_steps of the
+        time above sigma_min (a denoising last step), never visiting sigma_min. With final_denoise=False
+        (the discretisation before issue #37) num_steps times span the range and the last level is
+        sigma_min: on MNIST the long step from ~0.3 down to it leaves speckle under Heun, whose
+        correction there divides the denoiser's error by sigma_min.
+        Returns float64 [num_steps + 1] on the profile's device: strictly decreasing from sigma_max, then
+        0. A profile without usable rate gives the log-linear spacing.
         """
         sigma_min = self.sigma_min if sigma_min is None else float(sigma_min)
         sigma_max = self.sigma_max if sigma_max is None else float(sigma_max)
@@ -488,9 +493,12 @@ class EntropyProfile(torch.nn.Module):
         time = self._knots(self._weight(kind), TIME_FLOOR)
         ends = _interp(torch.tensor([sigma_max, sigma_min], dtype=torch.float64, device=time.device).log(),
                        self.log_edges, time)
-        tau = ends[0] + (ends[1] - ends[0]) * torch.linspace(0, 1, num_steps, dtype=torch.float64, device=time.device)
-        sigma = _interp(tau, time, self.log_edges).exp()
-        sigma[0], sigma[-1] = sigma_max, sigma_min
+        levels = num_steps + 1 if final_denoise else num_steps
+        ramp = torch.linspace(0, 1, levels, dtype=torch.float64, device=time.device)[:num_steps]
+        sigma = _interp(ends[0] + (ends[1] - ends[0]) * ramp, time, self.log_edges).exp()
+        sigma[0] = sigma_max
+        if not final_denoise:
+            sigma[-1] = sigma_min
         return torch.cat([sigma, sigma.new_zeros(1)])
 
     # ----------------------------------------------------------------------------------------------
@@ -529,3 +537,15 @@ class EntropyProfile(torch.nn.Module):
                 profile.update(sigma, (denoised.double() - x0.double()).square().flatten(1).sum(1))
         profile.refresh()
         return profile
+
+
+def profile_kwargs(noise, dim):
+    """How the config's `noise` section shapes an `EntropyProfile`'s σ density, for data of `dim` dimensions."""
+    return dict(floor=noise.floor, gate_c=noise.gate_c, gate_n=noise.gate_n, density=noise.density, dim=dim,
+                structure_nats=noise.structure_nats)
+
+
+def build_profile(noise, dim):
+    """An empty `EntropyProfile` of the config's `noise` section (grid, running-mean decay and density)."""
+    return EntropyProfile(sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, num_bins=noise.num_bins,
+                          ema_decay=noise.profile_decay, **profile_kwargs(noise, dim))

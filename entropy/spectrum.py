@@ -16,7 +16,9 @@ def covariance_spectrum(sample_data, num_samples=None, batch_size=8192):
     data points (its first `num_samples`, default all). Points are flattened to d = their number of
     elements and streamed in batches of `batch_size`; the per-batch centred sums are merged in float64
     by the pairwise update of Chan, Golub and LeVeque (1979), so a large mean costs no precision.
-    Holds a d × d matrix; computed on the data's device.
+    Holds a d × d matrix; computed on the data's device. Fewer points n than dimensions d are held
+    whole instead, and their n × n Gram matrix gives the same nonzero eigenvalues at a cost of n²d
+    rather than nd² + d³ (the other d − n + 1 are 0): `noise.spectrum_samples` bounds the cost at 64 px.
     """
     if callable(sample_data) and num_samples is None:
         raise ValueError('num_samples: required when sample_data is a callable')
@@ -24,16 +26,27 @@ def covariance_spectrum(sample_data, num_samples=None, batch_size=8192):
         num_samples = len(sample_data) if num_samples is None else min(num_samples, len(sample_data))
     if not num_samples >= 2:
         raise ValueError(f'num_samples: expected at least 2 points, got {num_samples}')
+    batches = ((sample_data(n) if callable(sample_data) else sample_data[start:start + n]).reshape(n, -1).double()
+               for start in range(0, num_samples, batch_size) for n in [min(batch_size, num_samples - start)])
+    first = next(batches)
+    if num_samples < first.shape[1]:
+        return _gram_spectrum(torch.cat([first, *batches]))
     count, mean, scatter = 0, 0.0, 0.0  # scatter: Σ (x − mean)(x − mean)ᵀ over the points so far
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        x = (sample_data(n) if callable(sample_data) else sample_data[start:start + n]).reshape(n, -1).double()
+    for x in (first, *batches):
+        n = len(x)
         batch_mean = x.mean(0)
         centred = x - batch_mean
         delta, total = batch_mean - mean, count + n
         scatter = scatter + centred.T @ centred + torch.outer(delta, delta) * (count * n / total)
         mean, count = mean + delta * (n / total), total
     return torch.linalg.eigvalsh(scatter / (count - 1)).flip(0).clamp_min(0)
+
+
+def _gram_spectrum(x):
+    """`covariance_spectrum` of the points x [n, d], n < d: XᵀX and XXᵀ (X centred) share their nonzero eigenvalues."""
+    centred = x - x.mean(0)
+    nonzero = torch.linalg.eigvalsh(centred @ centred.T / (len(x) - 1)).flip(0).clamp_min(0)
+    return torch.cat([nonzero, nonzero.new_zeros(x.shape[1] - len(x))])
 
 
 def lmmse(sigma, eigenvalues):

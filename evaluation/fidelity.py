@@ -4,19 +4,24 @@ first run; and, for digits, the Fréchet distance in the features of a small cla
 once on the real digits and cached (no Inception weights needed, so MNIST runs are measurable offline).
 """
 
+import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+import torch_fidelity.utils
 from torch_fidelity import calculate_metrics, register_feature_extractor
 from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from tqdm import tqdm
 
 from datasets.images import to_data
 from errors import FidelityError
+from evaluation.digit_features import AUTOENCODER  # registers its feature extractor
 from files import save_atomically
 
 # torch-fidelity's Inception weights, under torch hub's cache once downloaded.
@@ -75,9 +80,10 @@ class DigitClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-def train_classifier(data, path, steps=800, batch_size=64, seed=0):
+def train_classifier(data, path, steps=800, batch_size=64, seed=0, quiet=False):
     """Train a `DigitClassifier` on the digits of `data` (an ImageData) with a tenth held out, save it
-    atomically to `path` with its held-out accuracy, and return that accuracy."""
+    atomically to `path` with its held-out accuracy, and return that accuracy. A progress bar on stderr
+    counts the steps (none if `quiet`)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=generator)
     held_out, train = order[:len(data) // 10], order[len(data) // 10:]
@@ -85,7 +91,7 @@ def train_classifier(data, path, steps=800, batch_size=64, seed=0):
     torch.manual_seed(seed)
     model = DigitClassifier(data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for step in range(steps):
+    for _ in tqdm(range(steps), desc='fid: digit classifier', unit='step', dynamic_ncols=True, disable=quiet):
         index = train[torch.randint(len(train), (batch_size,), generator=generator)]
         x = images[index]
         shift = torch.randint(-2, 3, (2,), generator=generator).tolist()  # small translations: robustness
@@ -117,15 +123,16 @@ def weights_fingerprint(state_dict):
 
 
 def classifier_fingerprint(path):
-    """`weights_fingerprint` of the digit classifier saved at `path`: which features a distance was measured in."""
+    """`weights_fingerprint` of the digit classifier (or autoencoder) saved at `path`: which features a
+    distance was measured in."""
     return weights_fingerprint(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
 
 
-def cached_classifier(data, cache_dir):
+def cached_classifier(data, cache_dir, quiet=False):
     """(path, held-out accuracy or None): the digit classifier of `data` cached in `cache_dir`, trained
-    there first (accuracy returned) when missing."""
+    there first (accuracy returned, progress on stderr unless `quiet`) when missing."""
     path = classifier_file(data, cache_dir)
-    return path, None if path.is_file() else train_classifier(data, path)
+    return path, None if path.is_file() else train_classifier(data, path, quiet=quiet)
 
 
 class ClassifierFeatures(FeatureExtractorBase):
@@ -167,6 +174,27 @@ if CLASSIFIER not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor(CLASSIFIER, ClassifierFeatures)
 
 
+def available_cores():
+    """The CPU cores this process may run on: what DataLoader holds its number of workers against."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def workers_within_cores():
+    """torch-fidelity's DataLoaders with at most one worker per available core, for the duration: it asks
+    for min(4, 2 × cores) workers, more than DataLoader accepts without a warning on fewer than 4 cores."""
+    loader = torch_fidelity.utils.DataLoader
+
+    def capped(*args, num_workers=0, **kwargs):
+        return loader(*args, num_workers=min(num_workers, available_cores()), **kwargs)
+
+    torch_fidelity.utils.DataLoader = capped
+    try:
+        yield
+    finally:
+        torch_fidelity.utils.DataLoader = loader
+
+
 def _digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
@@ -175,11 +203,12 @@ def image_metrics(images, data, metrics=('fid', 'kid'), features='inception', we
                   num_reference=None, cuda=False, batch_size=64, verbose=False):
     """{metric: value} between the PNGs in folder `images` and the training images of `data` (an ImageData).
 
-    features: 'inception' (torch-fidelity's InceptionV3; `weights` a local file or None for its cache)
-    or 'classifier' (a `DigitClassifier`; `weights` its file). The reference statistics are cached
+    features: 'inception' (torch-fidelity's InceptionV3; `weights` a local file or None for its cache),
+    'classifier' (a `DigitClassifier`; `weights` its file) or 'autoencoder' (the encoder of a
+    `evaluation.digit_features.DigitAutoencoder`; `weights` its file). The reference statistics are cached
     under `cache_root` (default: torch-fidelity's), keyed by the dataset, the number of reference
-    images and the feature weights. FID and KID are computed in the usual way; with the classifier
-    they are Fréchet and kernel distances in its features, comparable only with each other.
+    images and the feature weights. FID and KID are computed in the usual way; with the classifier or
+    the autoencoder they are Fréchet and kernel distances in its features, comparable only with each other.
     """
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -189,17 +218,18 @@ def image_metrics(images, data, metrics=('fid', 'kid'), features='inception', we
     num_generated = len(files)
     if num_generated < 2:
         raise FidelityError(f'{images}: needs at least 2 PNG images named by seed, e.g. 000000.png (found {num_generated})')
-    if features == 'classifier':
+    if features in ('classifier', 'autoencoder'):
         if weights is None or not Path(weights).is_file():
-            raise FidelityError(f'classifier features: no classifier file at {weights}')
-        extractor = CLASSIFIER
+            raise FidelityError(f'{features} features: no {features} file at {weights}')
+        extractor = CLASSIFIER if features == 'classifier' else AUTOENCODER
     else:
         weights, extractor = inception_weights(weights), 'inception-v3-compat'
     reference = ReferenceImages(data, num_reference)
     kid_subset_size = min(1000, num_generated, len(reference))
-    return calculate_metrics(
-        input1=ImagesPathDataset(files), input2=reference, cuda=cuda, batch_size=batch_size, verbose=verbose,
-        fid='fid' in metrics, kid='kid' in metrics, isc='isc' in metrics, prc='prc' in metrics,
-        kid_subset_size=kid_subset_size, kid_subsets=10, prc_neighborhood=min(3, kid_subset_size - 1),
-        feature_extractor=extractor, feature_extractor_weights_path=weights, cache=True, cache_root=cache_root,
-        input2_cache_name=f'cedm-{data.name}-{"x".join(map(str, data.shape))}-{len(reference)}-{extractor}-{_digest(weights)}')
+    with workers_within_cores():
+        return calculate_metrics(
+            input1=ImagesPathDataset(files), input2=reference, cuda=cuda, batch_size=batch_size, verbose=verbose,
+            fid='fid' in metrics, kid='kid' in metrics, isc='isc' in metrics, prc='prc' in metrics,
+            kid_subset_size=kid_subset_size, kid_subsets=10, prc_neighborhood=min(3, kid_subset_size - 1),
+            feature_extractor=extractor, feature_extractor_weights_path=weights, cache=True, cache_root=cache_root,
+            input2_cache_name=f'cedm-{data.name}-{"x".join(map(str, data.shape))}-{len(reference)}-{extractor}-{_digest(weights)}')

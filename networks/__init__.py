@@ -47,8 +47,10 @@ def ddpmpp_unet(network, shape, num_classes=0):
 
 @register_network('mp-unet')
 def magnitude_preserving_unet(network, shape, num_classes=0):
+    # No log-variance head unless the loss uses it: a head without gradient stops DDP at its second step.
+    head = {} if network.learned_weighting else {'logvar_channels': 0}
     return mp_unet.MPUNet(**{**_preset(network), 'img_resolution': shape[-1], 'img_channels': shape[0],
-                             'label_dim': num_classes})
+                             'label_dim': num_classes, **head})
 
 
 def build_denoiser(network, precond, shape, num_classes=0):

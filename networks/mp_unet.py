@@ -84,6 +84,12 @@ def normalize(x, dim=None, eps=1e-4):
     return x / norm.to(x.dtype)
 
 
+def float32(device):
+    """Within: autocast off, so that layers fed float32 compute in float32 (EDM2's embedding and
+    log-variance head stay in float32 under mixed precision: a handful of small layers)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 def mp_silu(x):
     """SiLU divided by 0.596 ≈ E[silu(z)²]^½ for z ~ N(0, 1), so unit-variance inputs give unit RMS."""
     return F.silu(x) / 0.596
@@ -305,7 +311,8 @@ class Block(nn.Module):
                 x = normalize(x, dim=1)
             y = self.conv_res0(act(x))
 
-        c = self.emb_linear(emb, gain=self.emb_gain if self.mp_fixed else 1) + 1  # [B, C]; ≡ 1 at init in G
+        with float32(emb.device):
+            c = self.emb_linear(emb, gain=self.emb_gain if self.mp_fixed else 1) + 1  # [B, C]; ≡ 1 at init in G
         y = act(y * c[:, :, None, None].to(y.dtype))
         if self.training and self.dropout:
             y = F.dropout(y, p=self.dropout)
@@ -435,26 +442,29 @@ class MPUNet(nn.Module):
         self.out_gain = nn.Parameter(torch.zeros([])) if mp_fixed else None
         self.logvar_head = LogVarHead(logvar_channels, weight_norm=weight_norm, magnitude_preserving=mp_fixed) \
             if logvar_channels else None
+        if self.logvar_head is None:
+            self.register_load_state_dict_pre_hook(_drop_logvar_head)
 
     def embedding(self, c_noise, class_labels=None):
-        """c_noise [B], class_labels [B, label_dim] or None → emb [B, emb_channels] (≈ unit RMS)."""
+        """c_noise [B], class_labels [B, label_dim] or None → emb [B, emb_channels] (≈ unit RMS), in float32."""
         act = mp_silu if self.mp_fixed else F.silu
-        emb = self.emb_noise(self.emb_fourier(c_noise))
-        if self.emb_noise2 is not None:
-            emb = self.emb_noise2(act(emb))
-        if self.emb_label is not None:
-            # None means all-zero labels: no class (the label term vanishes), the convention of
-            # networks/precond.py for unconditional calls and classifier-free guidance.
-            labels = torch.zeros(emb.shape[0], self.label_dim, dtype=emb.dtype, device=emb.device) \
-                if class_labels is None else class_labels.to(emb.dtype)
-            label = self.emb_label(labels * math.sqrt(labels.shape[1]))
-            emb = mp_sum(emb, label, t=self.label_balance) if self.mp_fixed else emb + label
-        return act(emb)
+        with float32(c_noise.device):
+            emb = self.emb_noise(self.emb_fourier(c_noise.to(torch.float32)))
+            if self.emb_noise2 is not None:
+                emb = self.emb_noise2(act(emb))
+            if self.emb_label is not None:
+                # None means all-zero labels: no class (the label term vanishes), the convention of
+                # networks/precond.py for unconditional calls and classifier-free guidance.
+                labels = torch.zeros(emb.shape[0], self.label_dim, dtype=emb.dtype, device=emb.device) \
+                    if class_labels is None else class_labels.to(emb.dtype)
+                label = self.emb_label(labels * math.sqrt(labels.shape[1]))
+                emb = mp_sum(emb, label, t=self.label_balance) if self.mp_fixed else emb + label
+            return act(emb)
 
     def features(self, x, c_noise, class_labels=None):
         """The decoder output [B, model_channels·channel_mult[0], H, W] (what `out_conv` sees; in
         C-E through a group norm and a SiLU first)."""
-        c_noise = torch.as_tensor(c_noise, device=x.device).to(x.dtype).reshape(-1).expand(x.shape[0])
+        c_noise = torch.as_tensor(c_noise, device=x.device).to(torch.float32).reshape(-1).expand(x.shape[0])
         emb = self.embedding(c_noise, class_labels)
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         skips = []
@@ -504,8 +514,17 @@ class LogVarHead(nn.Module):
         self.gain = nn.Parameter(torch.zeros([]))
 
     def forward(self, c_noise):
-        c_noise = torch.as_tensor(c_noise).reshape(-1)
-        return self.linear(self.fourier(c_noise), gain=self.gain).reshape(-1)
+        """u [B] in float32, as EDM2 computes it under mixed precision."""
+        c_noise = torch.as_tensor(c_noise).reshape(-1).to(torch.float32)
+        with float32(c_noise.device):
+            return self.linear(self.fourier(c_noise), gain=self.gain).reshape(-1)
+
+
+def _drop_logvar_head(module, state_dict, prefix, *args):
+    """Load a state dict that holds a log-variance head into an MPUNet built without one: networks trained
+    before `network.learned_weighting: false` stopped building the unused head sample as they did."""
+    for key in [key for key in state_dict if key.startswith(f'{prefix}logvar_head.')]:
+        del state_dict[key]
 
 
 def uncertainty_weighted_loss(weighted_sq_err, logvar):

@@ -25,20 +25,21 @@ class SeedGenerator:
         return torch.stack([torch.randint(high, (), generator=g, device=device) for g in self.generators])
 
 
-def parse_seeds(text):
-    """'0-49999', '1,2,5-10' -> [ints], in order, inclusive ranges; ValueError with the bad part."""
+def parse_seeds(text, noun='seed', example='0-49999'):
+    """'0-49999', '1,2,5-10' -> [ints], in order, inclusive ranges; ValueError with the bad part, naming the
+    numbers by `noun` (sample.py reads class labels this way too: noun 'class', example '0-9')."""
     seeds = []
     for part in text.split(','):
         start, dash, end = part.strip().partition('-')
         try:
             first, last = int(start), int(end if dash else start)
         except ValueError:
-            raise ValueError(f"{part.strip()!r} is not a seed or a range such as 0-49999") from None
+            raise ValueError(f"{part.strip()!r} is not a {noun} or a range such as {example}") from None
         if first < 0 or last >= 1 << 63:
-            raise ValueError(f"{part.strip()!r}: seeds must be in [0, 2^63)")
+            raise ValueError(f"{part.strip()!r}: {noun} numbers must be in [0, 2^63)")
         if last < first:
             raise ValueError(f"{part.strip()!r}: empty range (the end is before the start)")
         seeds.extend(range(first, last + 1))
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{text!r}: a seed appears twice")
+        raise ValueError(f"{text!r}: a {noun} appears twice")
     return seeds

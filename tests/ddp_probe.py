@@ -1,6 +1,7 @@
 """train.py with one more callback: at the end every rank saves what must agree across ranks (the
-weights, the EMA, the entropy profile, the count of skipped steps) and what must not (its random
-streams), as rank<R>.pt in the folder named by CEDM_PROBE_DIR. With CEDM_PROBE_INF_LOSS=R:B,B,...
+weights, the EMA, the entropy profile and its spectrum, the count of skipped steps) and what must not (its
+random streams, a dropout mask drawn from its global stream, whether it holds the post-hoc EMA, how many
+times it computed the data's spectrum), as rank<R>.pt in the folder named by CEDM_PROBE_DIR. With CEDM_PROBE_INF_LOSS=R:B,B,...
 rank R's loss is infinite in its batches B (counted from 0) while every gradient stays finite: an
 overflow that one rank alone sees. Run by tests/test_distributed.py under torchrun."""
 
@@ -21,7 +22,9 @@ class Probe(L.Callback):
         profile = {k: v for k, v in module.profile.state_dict().items() if not k.startswith('pending')}
         torch.save({'weights': module.denoiser.state_dict(), 'ema': module.ema.state_dict(), 'profile': profile,
                     'data': module.data_generator.get_state(), 'sigma': module.sigma_generator.get_state(),
-                    'nonfinite_steps': module.nonfinite_steps, 'global_step': trainer.global_step},
+                    'nonfinite_steps': module.nonfinite_steps, 'global_step': trainer.global_step,
+                    'dropout': torch.nn.functional.dropout(torch.ones(64), 0.5), 'spectrum': module.profile.spectrum,
+                    'posthoc': module.posthoc_ema is not None, 'spectrum_calls': spectrum_calls[0]},
                    Path(os.environ['CEDM_PROBE_DIR']) / f'rank{trainer.global_rank}.pt')
 
 
@@ -37,6 +40,15 @@ def infinite_loss_on_one_rank(rank, batches):
     module_lib.edm_loss = edm_loss
 
 
+def counting(function, calls):
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return function(*args, **kwargs)
+    return counted
+
+
+spectrum_calls = [0]
+module_lib.covariance_spectrum = counting(module_lib.covariance_spectrum, spectrum_calls)
 build = train.build_trainer
 train.build_trainer = lambda *args: (lambda trainer: trainer.callbacks.append(Probe()) or trainer)(build(*args))
 

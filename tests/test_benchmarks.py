@@ -33,8 +33,10 @@ def test_overhead_benchmark_prints_its_ratios(capsys, monkeypatch):
     train_overhead.main()
     out = capsys.readouterr().out
     for line in ('hand-written loop:', 'hand-written, NVML check:', "Lightning's own loop:", 'train.py loop:',
-                 'ratio train.py / hand-written:', 'whole runs, figures included', 'under the NVML check'):
+                 'ratio train.py / hand-written:', 'whole runs, figures included', 'under the NVML check',
+                 'host synchronisations per step'):
         assert line in out, line
+    assert '0.000 in the steps that neither log nor refresh' in out
     left_out = float(out.split('left out: ')[1].split(' s')[0])
     assert left_out > 0  # the figures at step 30 fell inside the timed run
 
@@ -214,7 +216,7 @@ def test_committed_mnist_protocol_and_the_infonoise_preset():
     preset = yaml.safe_load(Path('configs/mnist/fast-infonoise.yaml').read_text())['noise']
     spec = entropic_training.load_variants()['infonoise']
     assert {k: v for k, v in spec['noise'].items() if k in preset} == preset and not spec['default']
-    from training.config import load_config
+    from config import load_config
     assert load_config('configs/mnist/fast.yaml', entropic_training.noise_overrides(
         entropic_training.load_variants(), 'infonoise')).noise == load_config('configs/mnist/fast-infonoise.yaml').noise
 

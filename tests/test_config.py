@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from training.config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides
+from config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides
 
 DEFAULT = 'configs/toy/default.yaml'
 

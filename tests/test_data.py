@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from training.config import DataConfig
+from config import DataConfig
 from datasets import build_dataset
 
 NAMES = ['ring', 'moons', 'swissroll', 'checkerboard', 'tree']

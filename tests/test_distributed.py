@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import train
 from evaluation import fidelity
-from training.config import ConfigError, load_config
+from config import ConfigError, load_config
 from datasets import build_dataset
 from training.module import batch_split
 
@@ -46,14 +47,20 @@ def test_lightning_launcher_trains_two_ranks_with_their_own_streams(tmp_path):
 
 
 def test_ranks_agree_on_weights_ema_and_profile_and_draw_their_own_noise(tmp_path):
-    _run([*TORCHRUN, 'tests/ddp_probe.py', *RUN, 'trainer.max_steps=20', f'run_dir={tmp_path / "run"}'],
-         env={'CEDM_PROBE_DIR': str(tmp_path)})
+    _run([*TORCHRUN, 'tests/ddp_probe.py', *RUN, 'trainer.max_steps=20', 'ema.posthoc=true', 'ema.snapshot_every=10',
+          f'run_dir={tmp_path / "run"}'], env={'CEDM_PROBE_DIR': str(tmp_path)})
     ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2)]
     for key in ('weights', 'ema', 'profile'):
         for name, value in ranks[0][key].items():
             assert torch.equal(value, ranks[1][key][name]) if torch.is_tensor(value) else value == ranks[1][key][name], (key, name)
     assert ranks[0]['profile']['num_refreshes'] == 2 and ranks[0]['ema']['step'] == 20
     assert not torch.equal(ranks[0]['data'], ranks[1]['data']) and not torch.equal(ranks[0]['sigma'], ranks[1]['sigma'])
+    # Dropout draws from each rank's own global stream (the network's initialisation was the same).
+    assert not torch.equal(ranks[0]['dropout'], ranks[1]['dropout'])
+    # Rank 0 alone holds (updates, snapshots) the post-hoc EMA, and computes the spectrum, which it shares.
+    assert [r['posthoc'] for r in ranks] == [True, False] and [r['spectrum_calls'] for r in ranks] == [1, 0]
+    assert torch.equal(ranks[0]['spectrum'], ranks[1]['spectrum'])
+    assert sorted(p.name for p in (tmp_path / 'run' / 'posthoc-ema').glob('*.pt')) == ['0.10.pt', '0.20.pt', '1.10.pt', '1.20.pt']
 
 
 def test_torchrun_and_resume_of_a_two_process_run_is_bit_identical(tmp_path):
@@ -78,6 +85,25 @@ def test_a_loss_infinite_on_one_rank_only_is_skipped_by_every_rank(tmp_path):
         assert torch.equal(value, ranks[1]['weights'][name]), name
     last = _checkpoint(tmp_path / 'run')
     assert last['global_step'] == 25 and last['cedm']['nonfinite_steps'] == 3
+
+
+def test_ranks_that_resume_different_steps_stop_at_once_in_one_line(tmp_path):
+    """Rank 0 resumes step 10 while rank 1 starts afresh (a run_dir that one node does not see): both stop
+    at the start, naming each rank's step, instead of meeting in mismatched collectives until the timeout."""
+    _run([sys.executable, 'train.py', *SMALL, 'trainer.batch_size=64', 'trainer.ckpt_every=10', 'trainer.max_steps=10',
+          f'run_dir={tmp_path / "a"}'])
+    script = tmp_path / 'rank_argv.py'  # train.py, with --resume on rank 0 only
+    script.write_text(f'import os, sys\nsys.path.insert(0, {str(Path.cwd())!r})\nimport train\n'
+                      f"train.main(sys.argv[1:] + (['--resume', {str(tmp_path / 'a' / 'checkpoints' / 'last.ckpt')!r}] "
+                      "if os.environ['RANK'] == '0' else []))\n")
+    start = time.monotonic()
+    result = subprocess.run([*TORCHRUN, str(script), *RUN, 'trainer.max_steps=30', 'trainer.collective_timeout=120',
+                             f'run_dir={tmp_path / "b"}'], env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and time.monotonic() - start < 100
+    lines = [line for line in result.stderr.splitlines() if 'the ranks start from different steps' in line]
+    # Every rank stops with this line, unless torchrun ends the others first on seeing one fail.
+    assert lines and lines[0].endswith('(rank 0: step 10, rank 1: step 0); every rank must resume the same '
+                                                 'checkpoint (a run_dir on a file system that every node sees)'), result.stderr[-3000:]
 
 
 def test_torchrun_needs_an_explicit_run_dir():

@@ -117,7 +117,7 @@ def test_presets_differ_from_g_only_by_the_ladder_switches(base):
 
 def test_presets_build_from_a_config_with_the_data_shape():
     from networks import build_denoiser
-    from training.config import NetworkConfig, PrecondConfig
+    from config import NetworkConfig, PrecondConfig
     for preset, expected in [('mnist', LADDER['G']), ('mnist-small-C', LADDER['C']), ('mnist-small-E', LADDER['E'])]:
         torch.manual_seed(0)
         denoiser = build_denoiser(NetworkConfig(name='mp-unet', preset=preset), PrecondConfig(), (1, 28, 28), 10)
@@ -410,7 +410,7 @@ def flat(values, prefix=()):
 
 @pytest.mark.parametrize('data', ['mnist', 'cifar10'])
 def test_ladder_configs_differ_only_by_rung(data):
-    from training.config import load_config
+    from config import load_config
     base = {'mnist': 'mnist-small', 'cifar10': 'cifar10'}[data]
     files = {rung: flat(yaml.safe_load(CONFIG_FILES[data, rung].read_text())) for rung in 'CEG'}
     for rung in 'CE':

@@ -12,7 +12,7 @@ from networks import MLP
 from networks import VEPrecond
 from networks import VPPrecond
 from networks import build_denoiser
-from training.config import NetworkConfig, PrecondConfig
+from config import NetworkConfig, PrecondConfig
 from training.loss import edm_loss
 from training.noise import LogisticLogSNR, LogNormal, LogUniform
 

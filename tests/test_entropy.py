@@ -48,9 +48,10 @@ def log_uniform_cdf(log_sigma):
 
 
 def assert_valid_sigmas(sigmas, num_steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX):
+    """Strictly decreasing from sigma_max, then 0; the last level above sigma_min (a denoising last step)."""
     assert sigmas.dtype == torch.float64 and sigmas.shape == (num_steps + 1,)
     assert sigmas.isfinite().all() and (sigmas.diff() < 0).all()
-    assert (sigmas[0].item(), sigmas[-2].item(), sigmas[-1].item()) == (sigma_max, sigma_min, 0.0)
+    assert (sigmas[0].item(), sigmas[-1].item()) == (sigma_max, 0.0) and sigmas[-2].item() > sigma_min
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_gaussian_rate_entropy_and_rescaled_time_match_closed_forms(d, c):
 def test_gaussian_sigmas_invert_the_closed_form_times(d, c):
     profile = gaussian_profile(d, c)
     num_steps = 16
-    tau = np.linspace(1, 0, num_steps)
+    tau = np.linspace(1, 0, num_steps + 1)[:num_steps]  # the levels; the last step is to 0
 
     rescaled = profile.sigmas(num_steps, kind='rescaled')
     assert_valid_sigmas(rescaled, num_steps)
@@ -94,10 +95,10 @@ def test_gaussian_sigmas_invert_the_closed_form_times(d, c):
     entropy = lambda s: d * math.log(s / SIGMA_MIN) - d / 2 * math.log((c ** 2 + s ** 2) / (c ** 2 + SIGMA_MIN ** 2))
     total = entropy(SIGMA_MAX)
     expected = [math.exp(scipy.optimize.brentq(lambda u: entropy(math.exp(u)) - t * total,
-                                               math.log(SIGMA_MIN), math.log(SIGMA_MAX))) for t in tau[1:-1]]
-    np.testing.assert_allclose(np.log(entropic[1:-2].numpy()), np.log(expected), atol=0.03)
+                                               math.log(SIGMA_MIN), math.log(SIGMA_MAX))) for t in tau[1:]]
+    np.testing.assert_allclose(np.log(entropic[1:-1].numpy()), np.log(expected), atol=0.03)
     # Rescaled time spends fewer steps at tiny σ than entropic time (the point of rescaling).
-    assert (rescaled[1:-2] > entropic[1:-2]).all()
+    assert (rescaled[1:-1] > entropic[1:-1]).all()
 
 
 def test_sigmas_on_a_sub_range_and_beyond_the_grid():
@@ -109,6 +110,27 @@ def test_sigmas_on_a_sub_range_and_beyond_the_grid():
         profile.sigmas(1)
     with pytest.raises(ValueError, match='kind'):
         profile.sigmas(8, kind='linear')
+
+
+def test_final_denoise_lands_on_zero_from_the_profile_and_stops_heun_amplifying_a_denoiser_error():
+    """#37: a long Heun step down to σ_min divides the denoiser's error there by σ_min (the slope of its
+    correction). By default (final_denoise) the levels are the first num_steps of num_steps + 1 uniform
+    in the same time, and the last step to 0 returns the denoiser's output from a level well above σ_min."""
+    import sampling
+
+    c = 0.5
+    profile = gaussian_profile(2, c)
+    plain, fixed = profile.sigmas(6, kind='rescaled', final_denoise=False), profile.sigmas(6, kind='rescaled')
+    assert fixed.shape == (7,) and fixed[0] == SIGMA_MAX and fixed[-1] == 0 and (fixed.diff() < 0).all()
+    torch.testing.assert_close(fixed[:-1], profile.sigmas(7, kind='rescaled', final_denoise=False)[:-2])
+    assert fixed[-2] > 50 * SIGMA_MIN and plain[-2] == SIGMA_MIN
+    bias = 1e-3  # a denoiser off by a constant, as a trained one is at small σ
+    exact = gaussian_denoiser(c)
+    biased = lambda x, sigma: exact(x, sigma) + bias
+    x = SIGMA_MAX * torch.randn(4096, 2, generator=gen(), dtype=torch.float64)
+    error = {name: ((sampling.heun(biased, x, sigmas) - sampling.heun(exact, x, sigmas)).abs().mean() / bias).item()
+             for name, sigmas in (('plain', plain), ('fixed', fixed))}
+    assert error['plain'] > 10 * error['fixed']  # here 45 against 3.5 times the bias
 
 
 def test_logistic_fit_matches_the_gaussian_mmse_curve():
@@ -290,7 +312,7 @@ def test_degenerate_profiles_still_give_valid_sigmas(name, profile):
     if name in ('zero', 'non_finite', 'never_updated', 'never_refreshed'):
         # No usable rate: log-uniform draws and the log-linear discretisation.
         assert ks_pvalue(samples, log_uniform_cdf) > 0.01
-        expected = torch.logspace(math.log10(SIGMA_MAX), math.log10(SIGMA_MIN), 18, dtype=torch.float64)
+        expected = torch.logspace(math.log10(SIGMA_MAX), math.log10(SIGMA_MIN), 19, dtype=torch.float64)[:18]
         torch.testing.assert_close(profile.sigmas(18)[:-1], expected)
     if name == 'one_bin':
         # Extrapolated from the one measured bin: rate held below it, mmse held above it.

@@ -13,7 +13,7 @@ import datasets
 import train
 from datasets.images import DataError, tiny_imagenet, torchvision_data
 from sampling_model import load_model
-from training.config import load_config
+from config import load_config
 
 TINY = ['trainer.max_steps=2', 'trainer.batch_size=4', 'trainer.log_every=1', 'trainer.plot_every=2',
         'trainer.ckpt_every=2', 'trainer.progress_bar=false', 'sample.num=4', 'sample.steps=2',
@@ -295,3 +295,25 @@ def test_paper_configs_build_the_ddpmpp_network_with_a_label_map(config, classes
     assert data.shape == shape and data.num_classes == classes
     denoiser = build_denoiser(loaded.network, loaded.precond, data.shape, data.num_classes)
     assert sum(p.numel() for p in denoiser.parameters()) == parameters
+
+
+@pytest.mark.parametrize('name', ['mnist', 'cifar10'])
+def test_a_download_without_network_is_one_line_and_leaves_no_empty_folder(name, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('[Errno -2] Name or service not known')
+
+    monkeypatch.setattr(urllib.request, 'urlopen', offline)  # offline, even where this machine has a network
+    root = tmp_path / 'data' / name
+    with pytest.raises(DataError) as error:
+        torchvision_data(name, root, download=True)
+    message = str(error.value)
+    assert message.startswith(f'data.download: {name} could not be fetched into {root} ([Errno -2] Name or service')
+    assert 'data.download=false' in message and '\n' not in message
+    assert not (tmp_path / 'data').exists()  # the folders the download made are gone
+    (tmp_path / 'kept').mkdir()  # a data.root that was there stays
+    with pytest.raises(DataError):
+        torchvision_data(name, tmp_path / 'kept', download=True)
+    assert (tmp_path / 'kept').is_dir() and not any((tmp_path / 'kept').iterdir())

@@ -1,5 +1,5 @@
-"""benchmarks/image_sampling.py: NFE bookkeeping, the paired marks of its tables, and a tiny run end to
-end (rows cached and resumed, both profiles, every solver)."""
+"""benchmarks/image_sampling.py: NFE bookkeeping, the paired marks of its tables, the verdict of several
+metrics, and a tiny run end to end (rows cached and resumed, both profiles, every solver, grids)."""
 
 import json
 import sys
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from benchmarks import image_sampling
-from evaluation import fidelity
+from evaluation import digit_features, fidelity
 
 
 def test_nfe_to_steps():
@@ -43,6 +43,21 @@ def test_marks_need_the_whole_paired_interval_beyond_zero():
     assert image_sampling.summary(rows({'karras': [10, 20, 30], 'loglinear': [8, 17.5, 28.1]}) + offline,
                                   'online') == image_sampling.summary(rows({'karras': [10, 20, 30],
                                                                            'loglinear': [8, 17.5, 28.1]}), 'online')
+
+
+def test_a_schedule_is_better_only_where_every_metric_agrees():
+    karras, shifted = [10, 20, 30], [8, 17.5, 28.1]  # lower for every checkpoint
+    table = rows({'karras': karras, 'rescaled-entropic': shifted, 'surrogate': shifted})
+    for r in table:  # the autoencoder and the pixel checks: lower for rescaled-entropic, higher for surrogate
+        sign = {'karras': 0, 'rescaled-entropic': -1, 'surrogate': 1}[r['schedule']]
+        base = 5 + int(r['ckpt'][1:])
+        r.update({m: base + sign + 0.01 * r['draw'] for m in ('ae_fd', 'ae_kid', 'background', 'spectrum')})
+        r['floor'] = {m: 1.0 for m in image_sampling.METRICS}
+    text = image_sampling.summary(table, 'online')
+    verdicts = {line.split(' | ')[2]: line.split(' | ')[-2] for line in text.splitlines()
+                if line.startswith('| euler | 8 |')}
+    assert verdicts == {'rescaled-entropic': 'better', 'surrogate': 'disputed'}  # classifier lower, the rest higher
+    assert '[surrogate](grids/euler-8-surrogate.png) [karras](grids/euler-8-karras.png)' in text
 
 
 def test_a_checkpoint_counts_at_a_point_only_with_all_its_draws():
@@ -86,9 +101,11 @@ def test_rows_of_another_classifier_or_a_retrained_model_are_refused():
 
 @pytest.mark.slow
 def test_a_tiny_run_is_cached_resumed_and_summarised(tiny_mnist_ckpt, tmp_path, monkeypatch, capsys):
-    classifier = tmp_path / 'classifier.pt'
+    classifier, autoencoder = tmp_path / 'classifier.pt', tmp_path / 'autoencoder.pt'
     monkeypatch.setattr(image_sampling, 'cached_classifier',
                         lambda data, cache: (classifier, fidelity.train_classifier(data, classifier, steps=30)))
+    monkeypatch.setattr(image_sampling, 'cached_autoencoder',
+                        lambda data, cache: (autoencoder, digit_features.train_autoencoder(data, autoencoder, steps=5)))
     monkeypatch.setattr(image_sampling, 'OFFLINE_POINTS', 8)
     monkeypatch.setattr(image_sampling, 'OFFLINE_SAMPLES', 8)
     out = tmp_path / 'bench'
@@ -100,6 +117,8 @@ def test_a_tiny_run_is_cached_resumed_and_summarised(tiny_mnist_ckpt, tmp_path, 
     assert len(lines) == 4 * 3 * 2  # solvers × schedules × draws
     row = json.loads(lines[0])
     assert row['fd'] > 0 and row['num'] == 24 and row['sigmas'][-1] == 0 and row['floor']['fd'] >= 0
+    assert set(image_sampling.METRICS) <= set(row) and set(row['floor']) == set(image_sampling.METRICS)
+    assert (out / 'grids' / 'heun-3-rescaled-entropic.png').is_file() and len(list((out / 'grids').iterdir())) == 12
     heun = [json.loads(line) for line in lines if json.loads(line)['solver'] == 'heun']
     assert {r['nfe'] for r in heun} == {3} and {r['steps'] for r in heun} == {2}
     # The same call again computes nothing; the offline profile adds only the schedules that read a profile.

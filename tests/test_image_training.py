@@ -40,7 +40,7 @@ def test_cifar10_paper_config_builds_the_56m_network(tmp_path, monkeypatch):
     import torchvision
 
     from tests.test_images import write_cifar10
-    from training.config import load_config
+    from config import load_config
     from training.module import EDMModule
     write_cifar10(tmp_path)
     monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda *args, **kwargs: True)

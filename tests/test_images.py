@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import ConfigError, load_config
+from config import ConfigError, load_config
 from datasets import build_dataset
 from datasets.images import DataError, ImageData, mnist_5k, torchvision_data
 

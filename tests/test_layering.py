@@ -87,3 +87,17 @@ def test_a_checkpoint_from_before_the_data_shape_was_stored_still_samples(mnist_
     model = load_model(tmp_path / 'old.ckpt', device='cpu')  # builds the dataset for its shape
     assert model.shape == (1, 32, 32) and model.num_classes == 10
     torch.testing.assert_close(model.sample(2, steps=2, seed=5), load_model(mnist_checkpoint, device='cpu').sample(2, steps=2, seed=5))
+
+
+def test_the_sampler_and_what_it_reads_import_nothing_from_training():
+    """A checkpoint's reading (checkpoint_file), its config (config) and the sampler (sampling_model) stand
+    outside training/, which imports them: no cycle between the sampler and the training package."""
+    for name in ('sampling_model', 'checkpoint_file', 'config'):
+        bad = imported_modules(ROOT / f'{name}.py') & {'lightning', 'pytorch_lightning', 'training', *SCRIPTS}
+        assert not bad, f'{name}.py imports {sorted(bad)}'
+
+
+def test_the_configs_noise_names_are_the_registrys():
+    from config import NOISE_NAMES
+    from training.noise import NOISE
+    assert sorted(NOISE_NAMES) == sorted(NOISE)

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 
 from training import rng
-from training.config import load_config
+from config import load_config
 from entropy.profile import EntropyProfile
 from training.loss import edm_loss
 from training.module import EDMModule

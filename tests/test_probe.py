@@ -243,7 +243,7 @@ def test_metrics_probe_on_a_toy_checkpoint_is_a_one_line_error(tmp_path, capsys)
 @pytest.mark.slow
 def test_training_logs_the_probe_accuracy_when_asked(tmp_path):
     import train
-    from training.config import ConfigError, load_config
+    from config import ConfigError, load_config
     train.main(['--config', 'configs/mnist/small.yaml', 'network.preset=ddpmpp-tiny', 'trainer.max_steps=2',
                 'trainer.batch_size=4', 'trainer.progress_bar=false', 'trainer.plot_every=2', 'sample.num=4',
                 'sample.steps=2', 'noise.spectrum_samples=256', 'trainer.probe=true', 'trainer.probe_train=40',

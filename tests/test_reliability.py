@@ -20,8 +20,8 @@ import sampling
 import train
 from datasets.mixture import GaussianMixture
 from training import module as module_lib
-from training.checkpoint import read_checkpoint
-from training.config import ConfigError, config_from_dict, config_to_dict, load_config
+from checkpoint_file import read_checkpoint
+from config import ConfigError, config_from_dict, config_to_dict, load_config
 from entropy.profile import EntropyProfile
 from sampling_model import load_model
 from training.module import EDMModule
@@ -256,7 +256,7 @@ def test_nonfinite_batches_are_skipped_and_counted(tmp_path, monkeypatch):
     run_dir = tmp_path / 'run'
     train.main(SMALL + ['trainer.max_steps=30', 'trainer.ckpt_every=30', 'trainer.max_nonfinite=3', f'run_dir={run_dir}'])
     checkpoint = _checkpoint(run_dir)
-    assert checkpoint['global_step'] == 30  # 30 good steps out of 33 batches
+    assert checkpoint['global_step'] == 30  # 30 steps, 3 of them skipped (on the device: no host synchronisation)
     assert checkpoint['cedm']['nonfinite_steps'] == 3
     assert checkpoint['cedm']['ema']['step'] == 30
     assert all(torch.isfinite(p).all() for p in checkpoint['state_dict'].values())
@@ -274,13 +274,14 @@ def test_nonfinite_streak_stops_the_run_naming_step_and_sigma(tmp_path, monkeypa
     assert info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.split(': ', 1)[1].startswith('stopped: step 25: non-finite loss or gradient in 4 batches in a row')
+    assert err.split(': ', 1)[1].startswith('stopped: steps 25-28: non-finite loss or gradient in 4 batches in a row')
     low = float(err.split('σ of the offending samples in [')[1].split(',')[0])
     assert low > 2.0
     # The run ends as a finished one: last.ckpt holds the newest state (no bad batch changed it), the
-    # periodic checkpoint stays, and training continues from it once the cause is mended.
+    # periodic checkpoint stays, and training continues from it once the cause is mended. The steps are
+    # settled at the next logging step (log_every 5: step 30), so batches 25-29 were skipped.
     last = _checkpoint(run_dir)
-    assert last['global_step'] == 25 and last['cedm']['nonfinite_steps'] == 4
+    assert last['global_step'] == 30 and last['cedm']['nonfinite_steps'] == 5
     assert all(torch.isfinite(p).all() for p in last['state_dict'].values())
     assert sorted(p.name for p in (run_dir / 'checkpoints').glob('*.ckpt')) == ['last.ckpt', 'step-0000020.ckpt']
     assert (run_dir / 'profile.png').is_file()
@@ -297,11 +298,22 @@ def test_a_step_with_a_finite_loss_and_an_infinite_gradient_is_skipped(monkeypat
         calls[0] += 1
 
     monkeypatch.setattr(EDMModule, 'manual_backward', manual_backward)
+    states = []
+
+    class States(L.Callback):  # weights and Adam's moments after each step
+        def on_train_batch_end(self, trainer, module, *args):
+            optimizer = trainer.optimizers[0]
+            states.append([t.clone() for p in module.denoiser.parameters()
+                           for t in (p, optimizer.state[p]['exp_avg'], optimizer.state[p]['exp_avg_sq'])])
+
     trainer = L.Trainer(max_steps=4, accelerator='cpu', devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[States()])
     model = EDMModule(config)
     trainer.fit(model)
-    assert (calls[0], trainer.global_step, model.nonfinite_steps, model.ema.step.item()) == (5, 4, 1, 4)
+    assert (calls[0], trainer.global_step, model.nonfinite_steps, model.ema.step.item()) == (4, 4, 1, 4)
+    assert all(torch.equal(a, b) for a, b in zip(states[1], states[2]))  # the third step changed nothing
+    assert not any(torch.equal(a, b) for a, b in zip(states[2][::3], states[3][::3]))  # the fourth did
     assert all(torch.isfinite(p).all() for p in [*model.denoiser.parameters(), *model.ema.ema_model.parameters()])
 
 

@@ -6,7 +6,7 @@ import math
 
 from benchmarks import entropic_sampling as bench
 from datasets import build_dataset
-from training.config import DataConfig
+from config import DataConfig
 
 
 def _rows(kl, swd, name):

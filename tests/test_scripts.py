@@ -11,7 +11,7 @@ import torch
 import metrics
 import sample
 import train
-from training.checkpoint import CheckpointError, read_checkpoint
+from checkpoint_file import CheckpointError, read_checkpoint
 from sampling_model import load_model
 
 pytestmark = pytest.mark.slow
@@ -221,7 +221,8 @@ def test_entropic_schedules_from_the_checkpoint(entropic_run, tmp_path, capsys):
     for schedule in ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure', 'surrogate'):
         sigmas = model.sigmas(8, schedule)
         assert len(sigmas) == 9 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
-        assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002)
+        assert sigmas[0] == pytest.approx(80.0)  # the profile schedules end in a denoising step from above σ_min
+        assert sigmas[-2] == pytest.approx(0.002) if schedule == 'surrogate' else sigmas[-2] > 0.002
         sample.main(['--ckpt', ckpt, '--schedule', schedule, '--steps', '8', '--num', '100', '--out', str(tmp_path / schedule)])
         assert np.load(tmp_path / schedule / 'samples.npz')['x'].shape == (100, 2)
     # --estimate-profile replaces the training-time profile by an offline one from the model itself.
@@ -232,7 +233,7 @@ def test_entropic_schedules_from_the_checkpoint(entropic_run, tmp_path, capsys):
 
 def test_plot_profile_writes_figure_and_a_valid_logistic_override(entropic_run, tmp_path, capsys):
     import plot_profile
-    from training.config import load_config
+    from config import load_config
     out = tmp_path / 'p.png'
     plot_profile.main(['--ckpt', str(entropic_run / 'checkpoints' / 'last.ckpt'), '--out', str(out), '--steps', '10'])
     assert out.stat().st_size > 1000

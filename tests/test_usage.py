@@ -72,6 +72,8 @@ CASES = [
     (train, ['run_dir={file}/run'], 'run_dir: cannot create {file}/run: {file} is a file'),
     (train, ['--resume', '{ckpt}', 'trainer.max_steps=10', 'run_dir={dir}/run'], 'trainer.max_steps: 10 is not beyond step 70 of {ckpt}'),
     (train, ['trainer.max_stepz=10'], "trainer.max_stepz: unknown key (did you mean 'trainer.max_steps'?)"),
+    (train, ['--resume', '{run}'], '--resume: {run} is a folder (use --resume {ckpt})'),
+    (sample, ['--ckpt', '{ckpt}', '--class', 'abc'], "--class: 'abc' is not a class or a range such as 0-9 (or 'none')"),
 ]
 
 
@@ -168,7 +170,7 @@ def test_edm_flag_names_and_progress_bar(paths, tmp_path, capsys):
 def test_fid_names_classifier_numbers_for_the_classifier(tmp_path, capsys):
     from evaluation import fidelity
     from evaluation import plots
-    from training.config import load_config
+    from config import load_config
     from datasets import build_dataset
     data = build_dataset(load_config('configs/mnist/small.yaml').data)
     fidelity.train_classifier(data, fidelity.classifier_file(data, tmp_path / 'cache'), steps=20)
@@ -194,10 +196,10 @@ def test_a_run_is_named_after_the_data_it_overrides(monkeypatch):
     import argparse
     monkeypatch.setenv('CEDM_RUN_DIR', 'unset at teardown')  # resolve_config sets it: monkeypatch restores the original
     monkeypatch.delenv('CEDM_RUN_DIR')
-    config = train.resolve_config(argparse.Namespace(config=None, resume=None, overrides=['data.name=moons']))[0]
+    config = train.resolve_config(argparse.Namespace(config=None, resume=None, restart=False, allow_change=None, overrides=['data.name=moons']))[0]
     assert config.name == 'moons' and config.run_dir.startswith('runs/moons-')
     monkeypatch.delenv('CEDM_RUN_DIR', raising=False)
-    config = train.resolve_config(argparse.Namespace(config=None, resume=None, overrides=['name=mine', 'data.name=moons']))[0]
+    config = train.resolve_config(argparse.Namespace(config=None, resume=None, restart=False, allow_change=None, overrides=['name=mine', 'data.name=moons']))[0]
     assert config.name == 'mine'  # a name given wins
 
 

@@ -18,20 +18,21 @@ import torch
 from ema_pytorch import EMA, PostHocEMA
 
 from datasets import build_dataset
-from entropy import STRUCTURE_DENSITIES, covariance_spectrum
-from errors import CheckpointError, ConfigError, RunStopped
+from checkpoint_file import FORMAT_VERSION, state_dict_mismatch
+from config import config_to_dict
+from entropy import STRUCTURE_DENSITIES, build_profile, covariance_spectrum
+from errors import CheckpointError, ConfigError, RunStopped, first_line
 from evaluation import plots
 from evaluation.metrics import sample_metrics
 from evaluation.probe import probe_accuracy
+from files import save_atomically
 from networks import build_denoiser
 from networks.mp_unet import uncertainty_weighted_loss
 from sampling_model import SamplingModel
 
 from . import rng
-from .checkpoint import FORMAT_VERSION, first_line
-from .config import config_to_dict
 from .loss import edm_loss
-from .noise import build_noise, build_profile
+from .noise import build_noise
 
 
 class SigmaBins:
@@ -121,30 +122,25 @@ class EDMModule(L.LightningModule):
             self.denoiser, beta=e.beta, power=e.power, update_after_step=e.update_after_step,
             update_every=e.update_every, include_online_model=False, use_foreach=True))
         self.ema.ema_model.eval()
-        object.__setattr__(self, 'posthoc_ema', None)
-        if e.posthoc:  # updated and snapshotted by rank 0 only, which alone writes files
-            object.__setattr__(self, 'posthoc_ema', PostHocEMA(
-                self.denoiser, sigma_rels=tuple(e.posthoc_sigma_rels), checkpoint_every_num_steps='manual',
-                checkpoint_folder=str(self.posthoc_folder), checkpoint_dtype=torch.float32))
+        object.__setattr__(self, 'posthoc_ema', None)  # rank 0's alone, built in `setup`
         # The profile of the training errors: the σ distribution of `noise.name: entropic`, and the
         # entropic sampling schedules of every checkpoint. Outside the module tree like the EMA:
         # DDP's buffer broadcast would overwrite each rank's own pending statistics.
         object.__setattr__(self, 'profile', build_profile(config.noise, self.dataset.dim))
-        if spectrum:
-            # The data's covariance spectrum gives the profile its Gaussian (Wiener filter) error and so the
-            # structure rate; drawn once, from its own stream, identical on every rank.
-            spectrum_generator = rng.generator('cpu', config.seed, 2**16, 1)
-            self.profile.set_spectrum(covariance_spectrum(
-                lambda k: self.dataset.sample(k, generator=spectrum_generator), config.noise.spectrum_samples))
+        # The data's covariance spectrum gives the profile its Gaussian (Wiener filter) error and so the
+        # structure rate. Several processes draw it once, on rank 0, at the start of training (`_share_spectrum`).
+        self._spectrum_due = spectrum and is_distributed(t)
+        if spectrum and not self._spectrum_due:
+            self.profile.set_spectrum(self._draw_spectrum())
         if config.noise.weighting == 'divide':  # InfoNoise: the σ density divided by the loss weight λ(σ)
             self.profile.set_loss_weight(self.denoiser.loss_weight(self.profile.sigma_grid))
         self.noise = build_noise(config.noise, self.profile)
         self.sigma_bins = SigmaBins()
-        self._unbinned = []  # (σ, squared error, loss) of the steps since the last `_bin_errors`
+        self._unbinned = []  # (step, σ, squared error, loss, skipped) of the steps since the last `_bin_errors`
         self.progress_metrics = {}  # what the progress bar shows beside Lightning's own
         self._rank_states = None  # per rank, from a checkpoint being resumed
         self.nonfinite_steps = 0    # skipped for a non-finite loss or gradient, over the whole run
-        self._nonfinite_streak = []  # σ of the offending samples of each batch since the last good step
+        self._nonfinite_streak = []  # (step, σ of the offending samples) of each batch since the last good step
         self.stopped_by = None  # the NonFiniteError that stopped the run, raised once it has ended
         # Manual optimisation: one optimizer step per batch needs none of Lightning's closure
         # machinery, which cost about 10% of a toy step's time (benchmarks/train_overhead.py).
@@ -163,17 +159,58 @@ class EDMModule(L.LightningModule):
     def posthoc_folder(self):
         return Path(self.config.run_dir or '.') / 'posthoc-ema'
 
+    def _draw_spectrum(self):
+        """The data's covariance spectrum, from its own stream: the same in every process."""
+        generator = rng.generator('cpu', self.config.seed, 2**16, 1)
+        return covariance_spectrum(lambda k: self.dataset.sample(k, generator=generator), self.config.noise.spectrum_samples)
+
+    def _share_spectrum(self):
+        """Rank 0 draws the spectrum and hands it to the others (seconds to minutes of work done once)."""
+        self.profile.set_spectrum(self.trainer.strategy.broadcast(self._draw_spectrum() if self.trainer.is_global_zero else None))
+        self._spectrum_due = False
+
+    def setup(self, stage):
+        # Before a checkpoint is restored into it. Rank 0 alone updates and snapshots it, and writes files.
+        e = self.config.ema
+        if e.posthoc and self.trainer.is_global_zero and self.posthoc_ema is None:
+            object.__setattr__(self, 'posthoc_ema', PostHocEMA(
+                self.denoiser, sigma_rels=tuple(e.posthoc_sigma_rels), checkpoint_every_num_steps='manual',
+                checkpoint_folder=str(self.posthoc_folder)))
+
+    def _check_same_step(self):
+        """ConfigError on every rank unless all continue from the same step: ranks that resumed different
+        checkpoints (or where one started afresh) would meet in mismatched collectives and hang."""
+        if self.trainer.world_size == 1:
+            return
+        steps = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(steps, self.global_step)
+        if len(set(steps)) > 1:
+            held = ', '.join(f'rank {rank}: step {step}' for rank, step in enumerate(steps))
+            raise ConfigError(f'resume: the ranks start from different steps ({held}); every rank must resume the '
+                              'same checkpoint (a run_dir on a file system that every node sees)')
+
     def on_train_start(self):
         # Here rather than in on_fit_start: some strategies restore a checkpoint after that hook.
+        self._check_same_step()  # first: the other collectives of the start need every rank at one step
+        if self._spectrum_due:
+            self._share_spectrum()
+        if self.device.type == 'cuda':
+            configure_cuda(self.config.trainer.tf32)
         self._place()
         self._trained_parameters = list(self.denoiser.parameters())  # listed once, not walked every step
-        if self.posthoc_ema is not None and self.trainer.is_global_zero:
+        # The EMAs' step counters, on the host: ema-pytorch's own `update` reads them from the device.
+        self._ema_step, self._ema_tensors = int(self.ema.step), ema_tensors(self.ema)
+        if self.posthoc_ema is not None:
+            self._posthoc_step = int(self.posthoc_ema.step)
+            self._posthoc_tensors = [ema_tensors(ema) for ema in self.posthoc_ema.ema_models]
             for path in self.posthoc_folder.glob('*.pt'):  # from beyond the checkpoint resumed (or a former run)
                 if int(path.stem.split('.')[1]) > self.global_step:
                     path.unlink()
         rank, states = self.global_rank, self._rank_states
         self.data_generator = rng.generator(self.device, self.config.seed, rank, 0)
         self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1)
+        # The process-wide streams (dropout) are each rank's own; the network was initialised alike before.
+        rng.seed_global(self.config.seed, rank, 2)
         if states is not None and len(states) == self.trainer.world_size:  # continue every rank's streams
             self.data_generator.set_state(states[rank]['data'])
             self.sigma_generator.set_state(states[rank]['sigma'])
@@ -185,6 +222,7 @@ class EDMModule(L.LightningModule):
         elif states is not None:  # another number of ranks: fresh streams that do not replay the first steps
             self.data_generator = rng.generator(self.device, self.config.seed, rank, 0, self.global_step)
             self.sigma_generator = rng.generator(self.device, self.config.seed, rank, 1, self.global_step)
+            rng.seed_global(self.config.seed, rank, 2, self.global_step)
 
     def train_dataloader(self):
         # Step indices only: the batch itself is generated on the device. A plain iterable, not a
@@ -197,8 +235,9 @@ class EDMModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.config.optim
+        # Fused: it skips a step on the device when told of a non-finite gradient (`training_step`).
         optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                     weight_decay=o.weight_decay)
+                                     weight_decay=o.weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
             learning_rate_factor, warmup_steps=o.warmup_steps, ref_steps=o.ref_steps if o.schedule == 'edm2' else None))
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
@@ -238,50 +277,92 @@ class EDMModule(L.LightningModule):
             parts.append((sigma, per_sample.detach(), sq_err.detach()))
         sigma, per_sample, sq_err = parts[0] if len(parts) == 1 else (torch.cat(part) for part in zip(*parts))
         step = self.global_step  # the optimizer steps taken before this one
+        scaler = getattr(self.trainer.precision_plugin, 'scaler', None)  # 16-mixed on a GPU
+        if scaler is not None:  # the true gradients to check, measure and clip (Lightning would unscale them later)
+            scaler.unscale_(optimizer.optimizer)
         grads = [p.grad for p in self._trained_parameters if p.grad is not None]
-        # One host synchronisation per step. Under DDP the gradients are already averaged over ranks, but a
-        # loss can overflow on one rank alone: the ranks share the finding, so all skip the same steps.
-        if any_nonfinite(grads + [per_sample], across_ranks=self.trainer.world_size > 1):
-            self._count_nonfinite(sigma, per_sample)
-            if self.trainer.precision != '16-mixed':
-                optimizer.zero_grad(set_to_none=True)
-                return  # weights, optimizer, EMA and profile stay as they were
-            # 16-mixed: overflow is the GradScaler's to handle: it skips the update and lowers its scale.
-        else:
-            self._nonfinite_streak = []
-        self._unbinned.append((sigma, sq_err, per_sample))
+        # No host synchronisation: a batch with a non-finite loss or gradient is skipped on the device (fused
+        # Adam leaves weights and moments as they were) and counted when the steps are settled (`_bin_errors`).
+        # Under DDP the gradients are already averaged over ranks, but a loss can overflow on one rank alone:
+        # the ranks share the finding, so all skip the same steps.
+        skip = any_nonfinite(grads + [per_sample], across_ranks=self.trainer.world_size > 1)
+        if scaler is None:
+            optimizer.optimizer.found_inf = skip  # (a GradScaler passes its own finding)
+        self._unbinned.append((step, sigma, sq_err, per_sample, skip))
         log = (step + 1) % self.config.trainer.log_every == 0
-        grad_norm = gradient_norm(grads) if log else None  # before clipping; only for the steps logged
-        if self.config.optim.grad_clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.config.optim.grad_clip, gradient_clip_algorithm='norm')
+        clip = self.config.optim.grad_clip
+        grad_norm = gradient_norm(grads) if log or clip is not None else None  # before clipping
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._trained_parameters, clip, grad_norm)
         lr = optimizer.param_groups[0]['lr']  # the rate this step uses
         optimizer.step()
         self.lr_schedulers().step()
-        # The EMA and the profile advance with the optimizer, before callbacks (checkpoints) see the step.
-        self.ema.update()
-        if self.posthoc_ema is not None and self.trainer.is_global_zero:
-            self.posthoc_ema.update()
-            if self.global_step % self.config.ema.snapshot_every == 0:
-                # Before the step's checkpoint: a kill during this write leaves a snapshot newer than
-                # the last checkpoint, which the resumed run deletes (on_train_start).
-                self.posthoc_ema.checkpoint()
+        # The EMAs and the profile advance with the optimizer, before callbacks (checkpoints) see the step.
+        # A skipped step leaves the weights as they were, and the EMAs average them once more.
+        self._update_emas()
+        if self.posthoc_ema is not None and self.global_step % self.config.ema.snapshot_every == 0:
+            # Before the step's checkpoint: a kill during this write leaves a snapshot newer than
+            # the last checkpoint, which the resumed run deletes (on_train_start).
+            self._snapshot_posthoc()
         if self.global_step % self.config.noise.refresh_every == 0:
             self._bin_errors()
             self.profile.refresh()  # a collective under DDP: every rank calls it
-        elif len(self._unbinned) >= BIN_EVERY:
+        elif log or len(self._unbinned) >= BIN_EVERY:
             self._bin_errors()
         if log:
             self._log_scalars(step, loss=per_sample.mean(), grad_norm=grad_norm, lr=lr, sigma=sigma)
 
+    @torch.no_grad()
+    def _update_emas(self):
+        """One step of the EMA and (on rank 0) the post-hoc EMAs, as ema-pytorch's `update` takes it, with the
+        step counted on the host and the decay a Python number: its own `update` reads both from the device."""
+        e, step = self.config.ema, self._ema_step
+        self._ema_step += 1
+        self.ema.step.add_(1)
+        if step % e.update_every == 0:
+            copy = step == 0 or step <= e.update_after_step  # ema-pytorch: its first update, and the warm-up
+            decay = 0.0 if copy else min(1 - (1 + step - e.update_after_step) ** -e.power, e.beta)
+            torch._foreach_lerp_(*self._ema_tensors, 1 - decay)  # a weight of 1 copies exactly
+            self.ema.initted.fill_(True)
+        if self.posthoc_ema is None:
+            return
+        step = self._posthoc_step
+        self._posthoc_step += 1
+        for ema, tensors in zip(self.posthoc_ema.ema_models, self._posthoc_tensors):
+            ema.step.add_(1)
+            if step % ema.update_every == 0:  # EDM2's power-function EMA: β = (1 − 1/t)^(γ+1), t = step + 2
+                torch._foreach_lerp_(*tensors, 1.0 if step == 0 else 1 - (1 - 1 / (step + 2)) ** (1 + ema.gamma))
+                ema.initted.fill_(True)
+
+    def _snapshot_posthoc(self):
+        """The post-hoc EMAs' files, `<index>.<step>.pt`, as ema-pytorch's synthesis reads them, the weights in
+        half precision as EDM2 stores its snapshots (the counters as they are)."""
+        for index, ema in enumerate(self.posthoc_ema.ema_models):
+            state = {name: value.to('cpu', torch.float16) if value.is_floating_point() else value.cpu()
+                     for name, value in ema.state_dict().items()}
+            save_atomically(state, self.posthoc_folder / f'{index}.{self._posthoc_step}.pt')
+
     def _bin_errors(self):
-        """Add the errors of the steps since the last call to the profile's pending sums and to the
-        loss-against-σ bins, all at once: binning is two dozen small tensor operations, a visible share of a
-        toy model's step, so it runs every BIN_EVERY steps and at refreshes, figures and checkpoints
-        rather than at every step. The profile's sums come out the
-        same however the steps are grouped (`EntropyProfile.update`)."""
-        if self._unbinned:
-            sigma, sq_err, per_sample = (torch.cat(column) for column in zip(*self._unbinned))
-            self._unbinned = []
+        """Settle the steps since the last call: which of them were skipped for a non-finite loss or
+        gradient (one host synchronisation for them all, `_count_nonfinite`), then add the errors of the
+        others to the profile's pending sums and to the loss-against-σ bins, all at once: binning is two
+        dozen small tensor operations, a visible share of a toy model's step, so it runs at logging steps,
+        every BIN_EVERY steps and at refreshes, figures and checkpoints rather than at every step. The
+        profile's sums come out the same however the steps are grouped (`EntropyProfile.update`). Every rank
+        calls it at the same steps, so that all stop together."""
+        if not self._unbinned:
+            return
+        skipped = torch.stack([entry[-1] for entry in self._unbinned]).tolist()
+        kept = []
+        for (step, sigma, sq_err, per_sample, _), skip in zip(self._unbinned, skipped):
+            if skip:
+                self._count_nonfinite(step, sigma, per_sample)
+            else:
+                self._nonfinite_streak = []
+                kept.append((sigma, sq_err, per_sample))
+        self._unbinned = []
+        if kept:
+            sigma, sq_err, per_sample = (torch.cat(column) for column in zip(*kept))
             self.profile.update(sigma, sq_err)
             self.sigma_bins.update(sigma, per_sample)
 
@@ -302,28 +383,32 @@ class EDMModule(L.LightningModule):
             logger.log_metrics(scalars, step=step)
             logger.save()  # flushed to disk as Lightning does after logging
 
-    def _count_nonfinite(self, sigma, per_sample):
-        """Count and log a step with a non-finite loss or gradient; at `trainer.max_nonfinite` such steps
-        in a row, stop the run: it ends as a finished one does (the newest state, which no bad batch
-        changed, goes to last.ckpt), then `on_train_end` raises NonFiniteError naming the σ of the
-        offending samples (this rank's; the skip decisions are the same on every rank)."""
+    def _count_nonfinite(self, step, sigma, per_sample):
+        """Count a step skipped for a non-finite loss or gradient; at `trainer.max_nonfinite` such steps in a
+        row, stop the run: it ends as a finished one does (the newest state, which no bad batch changed, goes
+        to last.ckpt), then `on_train_end` raises NonFiniteError naming the steps and the σ of the offending
+        samples (this rank's; the skip decisions are the same on every rank). The steps are settled in groups
+        (`_bin_errors`), so the run stops up to `trainer.log_every` steps after the streak, all of them skipped."""
         self.nonfinite_steps += 1
         bad = ~per_sample.isfinite()
-        self._nonfinite_streak.append(sigma[bad] if bad.any() else sigma)  # the whole batch if only gradients were hit
+        self._nonfinite_streak.append((step, sigma[bad] if bad.any() else sigma))  # the whole batch if only gradients were hit
         limit = self.config.trainer.max_nonfinite
-        if len(self._nonfinite_streak) >= limit:
-            sigma = torch.cat(self._nonfinite_streak)
+        if len(self._nonfinite_streak) == limit:
+            sigma = torch.cat([s for _, s in self._nonfinite_streak])
             self.stopped_by = NonFiniteError(
-                f'step {self.global_step}: non-finite loss or gradient in {limit} batches in a row '
-                f'(trainer.max_nonfinite), σ of the offending samples in [{sigma.min():.3g}, {sigma.max():.3g}]')
+                f'steps {self._nonfinite_streak[0][0]}-{step}: non-finite loss or gradient in {limit} batches in a '
+                f'row (trainer.max_nonfinite), σ of the offending samples in [{sigma.min():.3g}, {sigma.max():.3g}]')
             self.trainer.should_stop = True
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         step = self.global_step
-        if step % self.config.trainer.plot_every == 0 and self.trainer.is_global_zero and not self._nonfinite_streak:
-            self._log_figures(step)
+        if step % self.config.trainer.plot_every == 0:
+            self._bin_errors()  # on every rank: a streak it finds stops them all
+            if self.trainer.is_global_zero and not self._nonfinite_streak:
+                self._log_figures(step)
 
     def on_train_end(self):
+        self._bin_errors()
         if self.trainer.is_global_zero:
             if self.global_step % self.config.trainer.plot_every:  # else the last step drew them
                 self._log_figures(self.global_step)
@@ -392,6 +477,9 @@ class EDMModule(L.LightningModule):
 
     def check_checkpoint(self, path, checkpoint):
         """Load `checkpoint` (read from `path`), or CheckpointError in one line when it does not fit this model."""
+        mismatch = state_dict_mismatch(self.state_dict(), checkpoint['state_dict'])
+        if mismatch:
+            raise CheckpointError(f"{path}: does not fit the model its config builds: {mismatch}")
         try:
             self.load_state_dict(checkpoint['state_dict'])
             self.on_load_checkpoint(checkpoint)
@@ -417,6 +505,27 @@ class EDMModule(L.LightningModule):
                              self.num_classes, dataset=self.dataset)
 
 
+def ema_tensors(ema):
+    """(averaged tensors, the online model's tensors they follow) of an ema-pytorch EMA or KarrasEMA: what
+    one of its updates lerps, listed once."""
+    def tensors(model):
+        return [t for _, t in itertools.chain(ema.get_params_iter(model), ema.get_buffers_iter(model))]
+    return tensors(ema.ema_model), tensors(ema.model)
+
+
+def configure_cuda(tf32):
+    """EDM's and EDM2's CUDA settings: cuDNN times its algorithms once per shape and keeps the fastest; TF32
+    matrix products and convolutions only with `trainer.tf32` (off: EDM's fp32 runs)."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
+
+def is_distributed(trainer_config):
+    """Whether training runs in several processes: devices × nodes > 1, or a launcher (torchrun) set WORLD_SIZE."""
+    t = trainer_config
+    return t.devices * t.num_nodes > 1 or int(os.environ.get('WORLD_SIZE', 1)) > 1
+
+
 def gradient_norm(grads):
     """The 2-norm of the tensors `grads` (on one device) taken together, as a tensor, without host
     synchronisation. `torch.nn.utils.get_total_norm` computes the same through the same fused
@@ -426,17 +535,18 @@ def gradient_norm(grads):
 
 
 def any_nonfinite(tensors, across_ranks=False):
-    """Whether any of `tensors` (on one device) holds a NaN or an infinity (one host synchronisation);
-    with `across_ranks`, whether any rank's do (one all-reduce of a flag).
+    """Whether any of `tensors` (on one device) holds a NaN or an infinity, as a float 0 or 1 on that
+    device (no host synchronisation; the `found_inf` of fused optimizers); with `across_ranks`, whether
+    any rank's do (one all-reduce of the flag).
 
     One fused pass over them all: the overflow check of torch's GradScaler, with a scale of 1 that
     leaves every value as it was: cheaper than testing the gradient norm and the loss apart
     (benchmarks/README.md, train_overhead)."""
-    found = torch.zeros(1, device=tensors[0].device)
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones(1, device=found.device))
+    found = torch.zeros((), device=tensors[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
     if across_ranks:
         torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
-    return bool(found)
+    return found
 
 
 def batch_split(trainer_config, world_size):

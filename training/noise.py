@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from entropy import STRUCTURE_DENSITIES, EntropyProfile
+from entropy import STRUCTURE_DENSITIES
 
 NOISE = {}
 
@@ -97,11 +97,16 @@ class EntropicNoise(SigmaDistribution):
     def __init__(self, base, profile, warmup_steps, weighting='keep'):
         self.base, self.profile, self.warmup_steps, self.weighting = base, profile, warmup_steps, weighting
         self.step = 0
+        self._refreshed = False  # whether the profile has been refreshed, once read from the device
 
     @property
     def active(self):
-        """Whether σ is drawn from the profile now (after the warm-up and a first refresh)."""
-        return self.step >= self.warmup_steps and self.profile.num_refreshes > 0
+        """Whether σ is drawn from the profile now (after the warm-up and a first refresh). The count of refreshes
+        lives on the device and only grows: it is read (a host synchronisation) until it is found > 0, not after."""
+        if self.step < self.warmup_steps:
+            return False
+        self._refreshed = self._refreshed or bool(self.profile.num_refreshes > 0)
+        return self._refreshed
 
     @property
     def _mixes_base(self):
@@ -138,15 +143,3 @@ def build_noise(noise, profile):
     if noise.name == 'entropic':
         return EntropicNoise(NOISE[noise.base](noise), profile, noise.warmup_steps, noise.weighting)
     return NOISE[noise.name](noise)
-
-
-def profile_kwargs(noise, dim):
-    """How the config's `noise` section shapes an `EntropyProfile`'s σ density, for data of `dim` dimensions."""
-    return dict(floor=noise.floor, gate_c=noise.gate_c, gate_n=noise.gate_n, density=noise.density, dim=dim,
-                structure_nats=noise.structure_nats)
-
-
-def build_profile(noise, dim):
-    """An empty `EntropyProfile` of the config's `noise` section (grid, running-mean decay and density)."""
-    return EntropyProfile(sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, num_bins=noise.num_bins,
-                          ema_decay=noise.profile_decay, **profile_kwargs(noise, dim))

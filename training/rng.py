@@ -7,10 +7,21 @@ import numpy as np
 import torch
 
 
+def _seed(key):
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def generator(device, *key):
     """A torch generator on `device` seeded from `key` (seed, rank, stream, ...) through numpy's SeedSequence."""
-    seed = int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(_seed(key))
+
+
+def seed_global(*key):
+    """Seed the process-wide streams (torch on every device, numpy, Python) from `key`, as `generator` seeds one."""
+    seed = _seed(key)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def global_state():

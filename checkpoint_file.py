@@ -1,5 +1,5 @@
-"""Checkpoint files: their format and checked reads (no Lightning: sampling reads them too; the
-Lightning side, when they are written and how, is `training.callbacks`).
+"""Checkpoint files: their format and checked reads (no Lightning, nothing from training/: sampling reads
+them too; the Lightning side, when they are written and how, is `training.callbacks`).
 
 A cedm checkpoint is a Lightning checkpoint with an extra 'cedm' entry holding the resolved
 config, the EMA state and the random-generator states.
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
+from config import config_from_dict
 from errors import CheckpointError, ConfigError
-
-from .config import config_from_dict
 
 FORMAT_VERSION = 1
 
@@ -20,12 +19,6 @@ def remove_stale_temporaries(folder):
     """Delete the temporary files of writes that a killed process left unfinished in `folder`."""
     for path in Path(folder).glob('.*.ckpt.tmp*'):
         path.unlink(missing_ok=True)
-
-
-def first_line(error, limit=200):
-    """An exception's message cut to one line (its type when it has none), for one-line errors."""
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
 def read_checkpoint(path):
@@ -47,3 +40,17 @@ def read_checkpoint(path):
     except ConfigError as e:
         raise CheckpointError(f"{path}: its stored config no longer validates: {e}") from None
     return checkpoint, config
+
+
+def state_dict_mismatch(expected, stored):
+    """The first difference of names or shapes between the state dict a model expects and one a checkpoint
+    stores, as a phrase naming the parameter (and how many more differ); None when they fit."""
+    def shape(tensor):
+        return list(tensor.shape)
+    problems = [f'{name} has shape {shape(stored[name])} in the checkpoint, {shape(value)} in the model'
+                for name, value in expected.items() if name in stored and stored[name].shape != value.shape]
+    problems += [f'{name} is missing from the checkpoint' for name in expected if name not in stored]
+    problems += [f'{name} is in the checkpoint but not in the model' for name in stored if name not in expected]
+    if not problems:
+        return None
+    return problems[0] + (f' (and {len(problems) - 1} more parameters differ)' if len(problems) > 1 else '')
