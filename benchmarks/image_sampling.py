@@ -273,6 +273,24 @@ def verdict(differences):
     return {frozenset({-1}): 'better', frozenset({1}): 'worse', frozenset({0}): 'tie'}.get(frozenset(signs), 'disputed')
 
 
+def verdicts(tables, schedules):
+    """Markdown: the verdict against karras ρ = 7 (`verdict`) per (solver, NFE) row and schedule column, with
+    how many metrics call it better and worse."""
+    others = [s for s in schedules if s != BASELINE]
+    lines = ['| solver | NFE | ' + ' | '.join(others) + ' |', '| --- | --- |' + ' --- |' * len(others)]
+    for solver, nfe in sorted({k[:2] for k in tables['fd']}, key=lambda k: (SOLVERS.index(k[0]), k[1])):
+        cells = []
+        for schedule in others:
+            differences = {m: comparison(table, solver, nfe, schedule) for m, table in tables.items()}
+            if any(d is None for d in differences.values()):
+                cells.append('')
+                continue
+            better, worse = (sum(test(d) for d in differences.values()) for test in (lambda d: d.high < 0, lambda d: d.low > 0))
+            cells.append(f'{verdict(differences)} ({better} better, {worse} worse)')
+        lines.append(f'| {solver} | {nfe} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def agreement(tables, baseline, schedules):
     """Markdown rows, per (solver, NFE, schedule in `schedules`): each metric's difference from `baseline`
     paired by checkpoint (mean [t interval]; **bold** below 0, _italic_ above), the verdict and the grid."""
@@ -309,6 +327,8 @@ def summary(rows, profile):
     tables = {metric: cells(rows, profile, metric) for metric in metrics}
     schedules = [s for s in SCHEDULES if any(k[2] == s for k in tables[metrics[0]])]
     if len(metrics) > 2:  # more than the classifier's: do the metrics agree?
+        lines += ['### Verdicts against karras ρ = 7 (every metric below: better; above: worse; none beyond 0: tie)', '']
+        lines += verdicts(tables, schedules) + ['']
         lines += ['### Do the metrics agree? Differences from karras ρ = 7', '',
                   'Per point, each metric\'s difference from karras paired by checkpoint, mean [t 95% interval '
                   'over checkpoints]; verdict: better / worse where every metric\'s interval lies below / above 0, '

@@ -96,17 +96,24 @@ class StepSyncs(L.Callback):
         self.counts.append(self.mode.count)
 
 
-def host_syncs(config, steps):
-    """(syncs per step over `steps` steps of train.py's loop, the same over the steps that neither log nor
-    refresh the profile): counted in a separate run, the counting slows every operation down."""
+@contextlib.contextmanager
+def train_py_run(config, steps, callback, progress_bar):
+    """(model, Trainer) of train.py for `steps` steps of `config` in a temporary run folder, `callback` added."""
     with tempfile.TemporaryDirectory() as tmp:
         config = copy.deepcopy(config)
-        config.run_dir, config.trainer.max_steps, config.trainer.progress_bar = tmp, steps, False
+        config.run_dir, config.trainer.max_steps, config.trainer.progress_bar = tmp, steps, progress_bar
         torch.manual_seed(config.seed)
         model = EDMModule(config)
         trainer = train.build_trainer(config, Path(tmp))
-        counter = StepSyncs()
-        trainer.callbacks.append(counter)
+        trainer.callbacks.append(callback)
+        yield model, trainer
+
+
+def host_syncs(config, steps):
+    """(syncs per step over `steps` steps of train.py's loop, the same over the steps that neither log nor
+    refresh the profile): counted in a separate run, the counting slows every operation down."""
+    counter = StepSyncs()
+    with train_py_run(config, steps, counter, progress_bar=False) as (model, trainer):
         trainer.fit(model)
     t, noise = config.trainer, config.noise
     quiet = [count for step, count in enumerate(counter.counts) if (step + 1) % t.log_every and (step + 1) % noise.refresh_every]
@@ -115,14 +122,8 @@ def host_syncs(config, steps):
 
 def lightning_step_times(config, steps):
     """(time at each step boundary [steps + 1], [(time, seconds)] of each drawing of figures and sample metrics)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = copy.deepcopy(config)
-        config.run_dir, config.trainer.max_steps, config.trainer.progress_bar = tmp, steps, True
-        torch.manual_seed(config.seed)
-        model = EDMModule(config)
-        trainer = train.build_trainer(config, Path(tmp))
-        timer = StepTimer()
-        trainer.callbacks.append(timer)
+    timer = StepTimer()
+    with train_py_run(config, steps, timer, progress_bar=True) as (model, trainer):
         figure_seconds = []
         log_figures = model._log_figures
 
