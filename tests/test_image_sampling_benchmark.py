@@ -55,9 +55,10 @@ def test_a_schedule_is_better_only_where_every_metric_agrees():
         r['floor'] = {m: 1.0 for m in image_sampling.METRICS}
     text = image_sampling.summary(table, 'online')
     verdicts = {line.split(' | ')[2]: line.split(' | ')[-2] for line in text.splitlines()
-                if line.startswith('| euler | 8 |')}
+                if line.startswith('| euler | 8 |') and 'grids/' in line}
     assert verdicts == {'rescaled-entropic': 'better', 'surrogate': 'disputed'}  # classifier lower, the rest higher
     assert '[surrogate](grids/euler-8-surrogate.png) [karras](grids/euler-8-karras.png)' in text
+    assert '| euler | 8 | better (6 better, 0 worse) | disputed (2 better, 4 worse) |' in text  # the verdict matrix
 
 
 def test_a_checkpoint_counts_at_a_point_only_with_all_its_draws():
