@@ -111,23 +111,16 @@ def load_autoencoder(path):
     return model.requires_grad_(False).eval()
 
 
-class AutoencoderFeatures(FeatureExtractorBase):
-    """torch-fidelity's view of a trained `DigitAutoencoder` (weights from `feature_extractor_weights_path`):
-    uint8 RGB images [B, 3, H, W] in, 'features' [B, 80] out."""
+class DigitFeatures(FeatureExtractorBase):
+    """torch-fidelity's view of a digit network that a subclass loads from `feature_extractor_weights_path`
+    (`load`): uint8 RGB images [B, 3, H, W] in, the network's `outputs` of their grey data values out,
+    in the order torch-fidelity asks for them."""
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        self.model = load_autoencoder(feature_extractor_weights_path)
+        self.model = self.load(feature_extractor_weights_path)
         self.requires_grad_(False)
         self.eval()
-
-    @staticmethod
-    def get_provided_features_list():
-        return ('features',)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return 'features'
 
     @staticmethod
     def can_be_compiled():
@@ -138,7 +131,25 @@ class AutoencoderFeatures(FeatureExtractorBase):
         return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
 
     def forward(self, x):
-        return (self.model.features(to_data(x.float().mean(1, keepdim=True))),)
+        out = self.outputs(to_data(x.float().mean(1, keepdim=True)))
+        return tuple(out[name] for name in self.features_list)
+
+
+class AutoencoderFeatures(DigitFeatures):
+    """A trained `DigitAutoencoder`: 'features' [B, 80]."""
+
+    load = staticmethod(load_autoencoder)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ('features',)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return 'features'
+
+    def outputs(self, grey):
+        return {'features': self.model.features(grey)}
 
 
 if AUTOENCODER not in FEATURE_EXTRACTORS_REGISTRY:

@@ -15,13 +15,12 @@ from torch import nn
 import torch_fidelity.utils
 from torch_fidelity import calculate_metrics, register_feature_extractor
 from torch_fidelity.datasets import ImagesPathDataset
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
 from datasets.images import to_data
 from errors import FidelityError
-from evaluation.digit_features import AUTOENCODER  # registers its feature extractor
+from evaluation.digit_features import AUTOENCODER, DigitFeatures  # registers its feature extractor
 from files import save_atomically
 
 # torch-fidelity's Inception weights, under torch hub's cache once downloaded.
@@ -135,17 +134,14 @@ def cached_classifier(data, cache_dir, quiet=False):
     return path, None if path.is_file() else train_classifier(data, path, quiet=quiet)
 
 
-class ClassifierFeatures(FeatureExtractorBase):
-    """torch-fidelity's view of a trained `DigitClassifier` (weights from `feature_extractor_weights_path`):
-    uint8 RGB images [B, 3, H, W] in, 'features' [B, 128] and 'logits' [B, 10] out."""
+class ClassifierFeatures(DigitFeatures):
+    """A trained `DigitClassifier`: 'features' [B, 128] and 'logits' [B, 10]."""
 
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        state = torch.load(feature_extractor_weights_path, map_location='cpu', weights_only=True)
-        self.model = DigitClassifier()
-        self.model.load_state_dict(state['state_dict'])
-        self.requires_grad_(False)
-        self.eval()
+    @staticmethod
+    def load(path):
+        model = DigitClassifier()
+        model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['state_dict'])
+        return model
 
     @staticmethod
     def get_provided_features_list():
@@ -155,19 +151,9 @@ class ClassifierFeatures(FeatureExtractorBase):
     def get_default_feature_layer_for_metric(metric):
         return {'isc': 'logits'}.get(metric, 'features')
 
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-
-    def forward(self, x):
-        grey = to_data(x.float().mean(1, keepdim=True))
+    def outputs(self, grey):
         features = self.model.features(grey)
-        out = {'features': features, 'logits': self.model.head(features)}
-        return tuple(out[name] for name in self.features_list)
+        return {'features': features, 'logits': self.model.head(features)}
 
 
 if CLASSIFIER not in FEATURE_EXTRACTORS_REGISTRY:
