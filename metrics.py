@@ -30,7 +30,6 @@ metrics of each set of samples, the likelihood and the σ plot (denoiser calls),
 """
 
 import contextlib
-import inspect
 import json
 import math
 from pathlib import Path
@@ -68,13 +67,6 @@ def counting_images(module, bar):
         yield
     finally:
         handle.remove()
-
-
-def nll_sigmas():
-    """The denoiser calls of one `entropy.likelihood.nll` estimate: the points of its σ grid."""
-    from entropy.likelihood import nll
-
-    return inspect.signature(nll).parameters['num_points'].default
 
 
 def sigma_curves(denoiser, dataset, sigma, num, generator):
@@ -115,11 +107,11 @@ def image_likelihood(args, model):
     """Mean bits/dim (dequantised I-MMSE bound) of --likelihood images, with its standard error over images."""
     import torch
 
-    from entropy.likelihood import image_bits_per_dim
+    from entropy.likelihood import NLL_POINTS, image_bits_per_dim
     num, seed, no_ema = args.likelihood, args.seed, args.no_ema
     images, source = held_out_images(model.config, num, seed)
     batches = images.split(64)
-    with progress_bar(args, 'likelihood', 'σ', total=len(batches) * nll_sigmas()) as bar:
+    with progress_bar(args, 'likelihood', 'σ', total=len(batches) * NLL_POINTS) as bar:
         bpd = torch.cat([image_bits_per_dim(counting(model.sampling_denoiser(not no_ema), bar), batch.to(model.device),
                                             generator=torch.Generator(model.device).manual_seed(seed + i),
                                             scale=model.config.data.scale)
@@ -134,12 +126,12 @@ def likelihood(args, model, exact):
     """Mean NLL (nats, bits/dim) of --likelihood held-out points: model and exact denoiser by I-MMSE, and exact −log p."""
     import torch
 
-    from entropy.likelihood import bits_per_dim, nll
+    from entropy.likelihood import NLL_POINTS, bits_per_dim, nll
 
     num = args.likelihood
     x0 = model.dataset.sample(num, generator=torch.Generator(model.device).manual_seed(args.seed + 7))
     dim = model.dataset.dim
-    with progress_bar(args, 'likelihood', 'σ', total=2 * nll_sigmas()) as bar:
+    with progress_bar(args, 'likelihood', 'σ', total=2 * NLL_POINTS) as bar:
         rows = {name: nll(counting(denoiser, bar), x0, generator=torch.Generator(model.device).manual_seed(0))
                 for name, denoiser in (('model (I-MMSE)', model.sampling_denoiser(not args.no_ema)),
                                        ('exact denoiser (I-MMSE)', exact))}

@@ -33,8 +33,12 @@ import torch
 from datasets.images import to_data
 
 
+# Points of the σ grid of `nll`: its denoiser calls per estimate (metrics.py counts its progress in them).
+NLL_POINTS = 64
+
+
 @torch.no_grad()
-def nll(denoiser, x0, sigma_min=1e-3, sigma_max=1e3, num_points=64, num_noise=4, sigma_ref=0.5, generator=None):
+def nll(denoiser, x0, sigma_min=1e-3, sigma_max=1e3, num_points=NLL_POINTS, num_noise=4, sigma_ref=0.5, generator=None):
     """−log p(x0) [n] in nats (float64) of data points `x0` [n, ...] under the density whose denoiser is
     `denoiser(x, σ [batch]) -> x0_hat`, called once per σ on a batch of 2·num_noise·n (`num_noise`
     antithetic pairs ±ε per point). `sigma_ref`: the std c of the reference N(0, c²I); the result does

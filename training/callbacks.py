@@ -39,7 +39,7 @@ class Checkpoints(L.Callback):
             print(f'cedm: disk: {disk_use_line(pl_module.config, num_params)}')
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step  # unchanged by a batch skipped for a non-finite loss
+        step = trainer.global_step  # a batch skipped for a non-finite loss uses up its step too
         if step % self.every == 0 and step not in (self.start_step, self.saved_step):
             path = self.folder / f'step-{step:07d}.ckpt'
             trainer.save_checkpoint(path, weights_only=False)
