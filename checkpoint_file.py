@@ -5,6 +5,7 @@ A cedm checkpoint is a Lightning checkpoint with an extra 'cedm' entry holding t
 config, the EMA state and the random-generator states.
 """
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -54,3 +55,13 @@ def state_dict_mismatch(expected, stored):
     if not problems:
         return None
     return problems[0] + (f' (and {len(problems) - 1} more parameters differ)' if len(problems) > 1 else '')
+
+
+def weights_fingerprint(state_dict):
+    """The first 16 hex digits of the SHA-256 of a state dict's tensors in key order: what tells two
+    networks' weights apart (two torch.save files of equal weights differ in a random serialization id)."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -16,12 +16,15 @@ from pathlib import Path
 
 from errors import CheckpointError, ConfigError, DataError, FidelityError, RunStopped, UsageError
 
-# The names of sampling.SOLVERS, sampling.SCHEDULES, entropy.profile.PROFILE_SCHEDULES and the surrogate schedule, kept here
-# so that --help needs no torch; tests/test_usage.py checks that they match the registries.
+# The names of sampling.SOLVERS, sampling.SCHEDULES, entropy.profile.PROFILE_SCHEDULES, the surrogate schedule and
+# sampling.OPTIMIZED_SCHEDULES (with the solvers they know), kept here so that --help needs no torch;
+# tests/test_usage.py checks that they match the registries.
 SOLVER_NAMES = ('ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'heun')
 SCHEDULE_NAMES = ('karras', 'loglinear', 'vp')
 PROFILE_SCHEDULE_NAMES = ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure')
 SURROGATE_SCHEDULE_NAME = 'surrogate'
+OPTIMIZED_SCHEDULE_NAMES = ('optimized', 'optimized-entropic')
+OPTIMIZABLE_SOLVER_NAMES = ('euler', 'heun', 'dpmpp_2m')
 
 
 
@@ -175,10 +178,13 @@ def add_sampler_args(parser):
     parser.add_argument('--num', type=int, help="number of samples (sample.py: the config's sample.num; metrics.py: 5000)")
     parser.add_argument('--steps', type=int, help='sampler steps (heun: 2*steps-1 denoiser calls)')
     parser.add_argument('--solver', choices=SOLVER_NAMES, help='ODE/SDE solver')
-    parser.add_argument('--schedule', choices=SCHEDULE_NAMES + PROFILE_SCHEDULE_NAMES + (SURROGATE_SCHEDULE_NAME,),
+    parser.add_argument('--schedule', choices=SCHEDULE_NAMES + PROFILE_SCHEDULE_NAMES + (SURROGATE_SCHEDULE_NAME,)
+                        + OPTIMIZED_SCHEDULE_NAMES,
                         help=f"σ discretisation; {', '.join(PROFILE_SCHEDULE_NAMES)} and {SURROGATE_SCHEDULE_NAME} use "
                              f"the checkpoint's profile ({SURROGATE_SCHEDULE_NAME}: fitted to --solver; entropic and "
-                             "structure: broken on images, far worse than karras with every solver on MNIST; see the README)")
+                             "structure: broken on images, far worse than karras with every solver on MNIST; see the README); "
+                             "optimized: fitted to the model and --solver from its own trajectories (GITS; computed once, "
+                             "cached beside the checkpoint), optimized-entropic: the same weighted by the profile")
     parser.add_argument('--estimate-profile', action='store_true',
                         help='re-estimate the entropy profile offline with the model itself on fresh data')
     parser.add_argument('--sigma-min', type=float)
@@ -224,9 +230,24 @@ def check_schedule(args, model):
         raise UsageError(f"--sigma-max: must be above the checkpoint's sample.sigma_min, {s.sigma_min} "
                          f"(got {given_max}; give --sigma-min too)")
     try:
-        model.sigmas(getattr(args, 'steps', None), schedule, given_min, given_max, getattr(args, 'rho', None))
+        if schedule in OPTIMIZED_SCHEDULE_NAMES:  # the schedule itself is slow: only what would stop it
+            check_optimized_schedule(getattr(args, 'solver', None) or s.solver, getattr(args, 'steps', None) or s.steps,
+                                     given_min or s.sigma_min, given_max or s.sigma_max)
+        else:
+            model.sigmas(getattr(args, 'steps', None), schedule, given_min, given_max, getattr(args, 'rho', None))
     except ValueError as e:
         raise UsageError(f'--schedule {schedule}: {e}') from None
+
+
+def check_optimized_schedule(solver, steps, sigma_min, sigma_max):
+    """ValueError unless an optimised schedule of `steps` steps for `solver` can be made on its grid."""
+    from sampling.optimized import GRID_SIZE, grid_sigmas
+
+    if solver not in OPTIMIZABLE_SOLVER_NAMES:
+        raise ValueError(f"optimised for a deterministic solver: {', '.join(OPTIMIZABLE_SOLVER_NAMES)} (got --solver {solver})")
+    if not 1 <= steps <= GRID_SIZE:
+        raise ValueError(f'--steps: its grid has {GRID_SIZE} levels, room for 1 to {GRID_SIZE} steps (got {steps})')
+    grid_sigmas(sigma_min, sigma_max)
 
 
 def load_for_sampling(args, check=None):

@@ -14,16 +14,20 @@ mixture, an offline profile). The training module samples its figures through th
 import copy
 import math
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
 
 import sampling
-from checkpoint_file import read_checkpoint
+from checkpoint_file import read_checkpoint, weights_fingerprint
 from entropy import (PROFILE_SCHEDULES, SURROGATE_SCHEDULE, EntropyProfile, build_profile, profile_kwargs,
                      surrogate_sigmas)
 from errors import CheckpointError, first_line
+from files import save_atomically
 from networks import build_denoiser
+from sampling import optimized
 
 
 # `class_label` of `SamplingModel.sample`: one uniformly random class per sample, drawn from the sample's own
@@ -36,10 +40,13 @@ class SamplingModel:
     `profile`: the entropy profile the entropic schedules read; `shape`: one sample's shape ([d] points
     or [C, H, W] images); `num_classes`: labels of a class-conditional network (0: none)."""
 
-    def __init__(self, config, denoiser, raw_denoiser, profile, shape, num_classes, dataset=None, posthoc_state=None):
+    def __init__(self, config, denoiser, raw_denoiser, profile, shape, num_classes, dataset=None, posthoc_state=None,
+                 path=None):
         self.config, self.denoiser, self.raw_denoiser, self.profile = config, denoiser, raw_denoiser, profile
         self.shape, self.num_classes = tuple(shape), num_classes
         self._dataset, self._posthoc_state = dataset, posthoc_state
+        self.path = path  # the checkpoint file: the optimised schedules' local errors are cached beside it
+        self._local_errors, self._teacher_cache = {}, None
 
     @property
     def device(self):
@@ -118,6 +125,8 @@ class SamplingModel:
         s = self.config.sample
         kwargs = {'sigma_min': sigma_min or s.sigma_min, 'sigma_max': sigma_max or s.sigma_max}
         schedule = schedule or s.schedule
+        if schedule in optimized.OPTIMIZED_SCHEDULES:
+            return self.optimized_sigmas(steps or s.steps, schedule, solver or s.solver, **kwargs)
         if schedule == SURROGATE_SCHEDULE:
             return surrogate_sigmas(self.profile, steps or s.steps, solver or s.solver, **kwargs)
         if schedule in PROFILE_SCHEDULES:
@@ -127,6 +136,79 @@ class SamplingModel:
         elif schedule == 'vp':
             kwargs = {}
         return sampling.get_sigmas(schedule, steps or s.steps, **kwargs)
+
+    @property
+    def optimizer_cache(self):
+        """Where the optimised schedules' local errors are kept: beside the checkpoint (None: in memory only)."""
+        return None if self.path is None else Path(f'{self.path}.optimized.pt')
+
+    def optimized_sigmas(self, steps, schedule='optimized', solver='heun', sigma_min=None, sigma_max=None):
+        """The schedule of `steps` steps optimised for this model's sampling denoiser (the EMA weights,
+        guidance 1, one random class per sample) and `solver` by `sampling.optimized`: 'optimized' (GITS's
+        dynamic programming on local errors) or 'optimized-entropic' (the errors weighted by the entropy
+        profile). The local errors are computed once per weights, solver and σ range, printed with their
+        cost, and cached beside the checkpoint; any number of steps is then free."""
+        s = self.config.sample
+        sigma_min, sigma_max = sigma_min or s.sigma_min, sigma_max or s.sigma_max
+        grid, errors = self.local_errors(solver, sigma_min, sigma_max)
+        weights = None
+        if schedule == 'optimized-entropic':
+            sigma, mmse = self.profile.mmse()
+            measured = torch.isfinite(mmse)  # bins without enough errors yet are NaN
+            if measured.sum() < 2:
+                raise ValueError('optimized-entropic: the entropy profile was never refreshed (no training step); '
+                                 'use --schedule optimized or --estimate-profile')
+            weights = optimized.entropy_weights(grid, sigma[measured].cpu(), mmse[measured].cpu(), math.prod(self.shape))
+        elif schedule != 'optimized':
+            raise ValueError(f"schedule: expected one of {', '.join(optimized.OPTIMIZED_SCHEDULES)} (got {schedule!r})")
+        return optimized.dp_schedule(errors, grid, steps, weights).sigmas
+
+    def local_errors(self, solver, sigma_min, sigma_max):
+        """(grid, local errors) of `sampling.optimized` for `solver`: from memory, the cache file, or computed."""
+        if solver not in optimized.OPTIMIZABLE_SOLVERS:
+            raise ValueError(f"solver: the optimised schedules know {', '.join(optimized.OPTIMIZABLE_SOLVERS)} "
+                             f"(got {solver!r})")
+        grid = optimized.grid_sigmas(sigma_min, sigma_max)
+        key = (f'{weights_fingerprint(self.denoiser.state_dict())} {solver} {sigma_min:g} {sigma_max:g} '
+               f'grid {len(grid) - 1} substeps {optimized.SUBSTEPS} samples {optimized.NUM_SAMPLES}')
+        if key in self._local_errors:
+            return grid, self._local_errors[key]
+        cache = self.optimizer_cache
+        stored = torch.load(cache, map_location='cpu', weights_only=True) if cache and cache.exists() else {}
+        if key not in stored:
+            teacher = self._teacher(key.split(' ')[0], grid)
+            start = time.perf_counter()
+            errors, nfe = optimized.local_errors(self.denoiser_for_optimizer(teacher.num_samples), teacher, solver)
+            seconds = time.perf_counter() - start
+            n = teacher.num_samples
+            print(f'optimized schedules for {solver}: {n} teacher trajectories × {teacher.nfe} NFE ({teacher.seconds:.0f} s, '
+                  f'shared by the solvers), then {n} × {nfe} NFE for the local errors ({seconds:.0f} s); '
+                  f'cached in {cache or "memory"}', file=sys.stderr)
+            if cache:  # read again: another process may have added a solver meanwhile
+                stored = torch.load(cache, map_location='cpu', weights_only=True) if cache.exists() else {}
+                save_atomically({**stored, key: errors}, cache)
+            stored[key] = errors
+        self._local_errors[key] = stored[key].to(torch.float64)
+        return grid, self._local_errors[key]
+
+    def denoiser_for_optimizer(self, n, seed=0):
+        """The sampling denoiser the optimiser follows: EMA weights, for a class-conditional model one
+        uniformly random class per trajectory (seeded) at guidance 1."""
+        labels = None
+        if self.num_classes:
+            generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+            labels = torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
+        return self.sampling_denoiser(True, labels, 1.0, n)
+
+    def _teacher(self, fingerprint, grid):
+        """The teacher trajectories of these weights on `grid` (kept in memory for the other solvers)."""
+        if self._teacher_cache is not None and self._teacher_cache[0] == (fingerprint, tuple(grid.tolist())):
+            return self._teacher_cache[1]
+        noise = torch.randn(optimized.NUM_SAMPLES, *self.shape, generator=torch.Generator(device=self.device).manual_seed(0),
+                            device=self.device)
+        teacher = optimized.teacher_trajectories(self.denoiser_for_optimizer(len(noise)), noise, grid.to(self.device))
+        self._teacher_cache = ((fingerprint, tuple(grid.tolist())), teacher)
+        return teacher
 
     @torch.no_grad()
     def estimate_profile(self, use_ema=True, num_points=128, samples_per_point=1024, seed=0):
@@ -211,5 +293,5 @@ def load_model(path, device=None):
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: its state does not match this version of cedm's model: {first_line(e)}") from None
     model = SamplingModel(config, denoiser.eval(), raw.eval(), profile, shape, num_classes,
-                          posthoc_state=meta.get('posthoc_ema'))
+                          posthoc_state=meta.get('posthoc_ema'), path=path)
     return model.to(process_device(device))

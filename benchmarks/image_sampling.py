@@ -14,8 +14,10 @@ schedules; DIR/results-PROFILE.md and DIR/nfe-PROFILE.png are rebuilt from every
   same initial noise, classes and ancestral noise for every schedule and solver (paired). NFE: heun
   takes (NFE + 1) // 2 steps (2·steps − 1 denoiser calls), the other solvers NFE steps. The first
   checkpoint's first 64 samples of draw 0 are kept as DIR/grids/SOLVER-NFE-SCHEDULE.png.
-- Schedules: those of `sample.py`, and `rescaled-entropic-to-sigma-min`, rescaled entropic time as it
-  was before #37 (its last level σ_min, no denoising last step), to compare.
+- Schedules: those of `sample.py` (`optimized` and `optimized-entropic` computed once per checkpoint and
+  solver, their local errors cached beside the checkpoint, their cost printed), `karras-rhoR` (ρ = R
+  instead of 7: the sweep for the best hand-made ρ) and `rescaled-entropic-to-sigma-min`, rescaled
+  entropic time as it was before #37 (its last level σ_min, no denoising last step), to compare.
 - Metrics (METRICS; `Scorer`): the networks, `evaluation.fidelity.DigitClassifier` and
   `evaluation.digit_features.DigitAutoencoder`, are trained once and kept in DIR beside the rows they
   scored (one retrained on another machine differs in its last bits, and distances in its features do
@@ -57,8 +59,11 @@ from evaluation.fidelity import DigitClassifier, cached_classifier, weights_fing
 from evaluation.pixel_stats import PixelReference
 from sampling_model import load_model
 
-SCHEDULES = ('karras', 'loglinear', 'vp', 'entropic', 'rescaled-entropic', 'structure', 'rescaled-structure',
-             'surrogate', 'rescaled-entropic-to-sigma-min')
+SCHEDULES = ('karras', 'karras-rho3', 'karras-rho5', 'karras-rho12', 'loglinear', 'vp', 'entropic', 'rescaled-entropic',
+             'structure', 'rescaled-structure', 'surrogate', 'optimized', 'optimized-entropic',
+             'rescaled-entropic-to-sigma-min')
+# karras with another ρ than EDM's 7: the sweep from which the best hand-made ρ is picked (#35).
+KARRAS_RHO = {'karras-rho3': 3.0, 'karras-rho5': 5.0, 'karras-rho12': 12.0}
 # Profile schedules as they were before #37 (`EntropyProfile.sigmas(final_denoise=False)`: the last level
 # sigma_min, no denoising last step), for comparison: the schedule each was.
 TO_SIGMA_MIN = {'rescaled-entropic-to-sigma-min': 'rescaled-entropic'}
@@ -67,7 +72,7 @@ BASELINE = 'karras'
 BATCH = 100  # on one CPU thread the UNet runs 1.8x faster per image in batches of 100 than of 500 (cache)
 OFFLINE_POINTS, OFFLINE_SAMPLES = 64, 256  # the offline profile: σ points and samples at each
 KID_SUBSETS = 10  # KID: mean over random subsets of at most 1000 samples and 1000 reference digits
-FIXED = ('karras', 'loglinear', 'vp')  # schedules that read no profile: one row serves both profiles
+FIXED = ('karras', 'loglinear', 'vp', 'optimized', *KARRAS_RHO)  # schedules that read no profile: one row serves both
 FEATURES = {'classifier': '', 'autoencoder': 'ae_'}  # feature space: the prefix of its rows' fd and kid
 # Every metric of a row, lower is closer to real digits: FD, KID × 1000 in each feature space; background RMS
 # in 8-bit levels; spectrum distance as RMS log10 power ratio (evaluation/pixel_stats.py).
@@ -150,6 +155,8 @@ def schedule_sigmas(model, steps, schedule, solver):
         s = model.config.sample
         return model.profile.sigmas(steps, PROFILE_SCHEDULES[TO_SIGMA_MIN[schedule]], s.sigma_min, s.sigma_max,
                                     final_denoise=False)
+    if schedule in KARRAS_RHO:
+        return model.sigmas(steps, 'karras', rho=KARRAS_RHO[schedule])
     return model.sigmas(steps, schedule, solver=solver)
 
 
@@ -310,6 +317,63 @@ def agreement(tables, baseline, schedules):
     return lines
 
 
+# #35's table: hand-made schedules (the best ρ is picked among them per point, by mean classifier FD on these
+# very samples: an optimistic baseline), free profile schedules (no network call) and optimised ones.
+HAND_MADE = ('karras', 'karras-rho3', 'karras-rho5', 'karras-rho12', 'loglinear')
+FREE = ('rescaled-entropic', 'surrogate')
+OPTIMIZED = ('optimized', 'optimized-entropic')
+# One-off network evaluations per schedule, in image-NFE (sampling/optimized.py's defaults: 128 teacher
+# trajectories of 157 NFE; Heun also 780 per trajectory for its corrector on every pair of nodes).
+OPTIMIZER_COST = {'heun': 128 * (157 + 780), 'euler': 128 * 157, 'dpmpp_2m': 128 * 157}
+
+
+def ratio_interval(mine, other):
+    """Mean over models of mine/other (per model), with its Student-t 95% interval: (mean, low, high)."""
+    common = sorted(set(mine) & set(other))
+    return interval([mine[c] / other[c] for c in common])
+
+
+def which_schedule(tables, floor):
+    """Markdown: #35's table per solver and NFE (classifier FD, mean over models), the best of each family,
+    and the ratio best free / best optimised per model with its t interval; the goal's verdict per point."""
+    fd, kid = tables['fd'], tables.get('kid', {})
+    points = sorted({k[:2] for k in fd if k[2] in OPTIMIZED}, key=lambda k: (SOLVERS.index(k[0]), k[1]))
+    if not points:
+        return []
+    mean = lambda table, key: float(np.mean(list(table[key].values())))
+    lines = ['### Which schedule (#35): hand-made, free from the profile, optimised for the model', '',
+             f'Classifier FD, mean over models (real digits: {floor:.3g}). Best ρ: the hand-made schedule (ρ = 3, 5, 7, 12, '
+             'log-linear) with the least mean FD at that point, picked on these samples (favours it). Ratio: '
+             'per model, the FD of the best free schedule over that of the best optimised one (each picked by mean FD at the point), mean '
+             '[t 95% over models]; KID ratio alike. Goal: ratio ≤ 1.05.', '',
+             '| solver | NFE | ρ = 7 | best ρ | rescaled-entropic | surrogate | optimized | optimized-entropic | '
+             'best free / best optimised: FD | KID | within 5% |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for solver, nfe in points:
+        have = {name for (s, n, name) in fd if (s, n) == (solver, nfe)}
+        hand = [h for h in HAND_MADE if h in have]
+        best_hand = min(hand, key=lambda h: mean(fd, (solver, nfe, h))) if hand else None
+        free = [f for f in FREE if f in have]
+        optimised = [o for o in OPTIMIZED if o in have]
+        cell = lambda name: f'{mean(fd, (solver, nfe, name)):.3g}' if name in have else ''
+        ratio_text, kid_text, verdict_text = '', '', ''
+        if free and optimised:
+            best_free = min(free, key=lambda f: mean(fd, (solver, nfe, f)))
+            best_opt = min(optimised, key=lambda o: mean(fd, (solver, nfe, o)))
+            r, lo, hi = ratio_interval(fd[solver, nfe, best_free], fd[solver, nfe, best_opt])
+            ratio_text = f'{r:.2f} [{lo:.2f}, {hi:.2f}] ({best_free} / {best_opt})'
+            if (solver, nfe, best_free) in kid and (solver, nfe, best_opt) in kid:
+                k, klo, khi = ratio_interval(kid[solver, nfe, best_free], kid[solver, nfe, best_opt])
+                kid_text = f'{k:.2f} [{klo:.2f}, {khi:.2f}]'
+            verdict_text = 'yes' if r <= 1.05 else 'no'
+        best_rho = f'{cell(best_hand)} ({best_hand})' if best_hand else ''
+        lines.append(f'| {solver} | {nfe} | {cell("karras")} | {best_rho} | {cell("rescaled-entropic")} | {cell("surrogate")} '
+                     f'| {cell("optimized")} | {cell("optimized-entropic")} | {ratio_text} | {kid_text} | {verdict_text} |')
+    costs = ', '.join(f'{solver} {cost:,}' for solver, cost in OPTIMIZER_COST.items())
+    return lines + ['', f'One-off cost in image-NFE per model: hand-made and free schedules 0 (the best ρ: a sweep of '
+                    f'{len(HAND_MADE)} schedules × the samples scored); optimised (both, the same local errors): {costs}.', '']
+
+
 def summary(rows, profile):
     check_rows(rows)
     lines = []
@@ -326,6 +390,7 @@ def summary(rows, profile):
               'entirely below 0), _italic_ worse (entirely above 0); unmarked: not distinguishable.', '']
     tables = {metric: cells(rows, profile, metric) for metric in metrics}
     schedules = [s for s in SCHEDULES if any(k[2] == s for k in tables[metrics[0]])]
+    lines += which_schedule(tables, float(np.mean([r['floor']['fd'] for r in rows])))
     if len(metrics) > 2:  # more than the classifier's: do the metrics agree?
         lines += ['### Verdicts against karras ρ = 7 (every metric below: better; above: worse; none beyond 0: tie)', '']
         lines += verdicts(tables, schedules) + ['']

@@ -18,6 +18,7 @@ from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
+from checkpoint_file import weights_fingerprint
 from datasets.images import to_data
 from errors import FidelityError
 from evaluation.digit_features import AUTOENCODER, DigitFeatures  # registers its feature extractor
@@ -109,16 +110,6 @@ def train_classifier(data, path, steps=800, batch_size=64, seed=0, quiet=False):
 def classifier_file(data, cache_dir):
     """Where `cached_classifier` keeps the digit classifier of `data` in `cache_dir`."""
     return Path(cache_dir) / f'classifier-{data.name}-{data.shape[-1]}px.pt'
-
-
-def weights_fingerprint(state_dict):
-    """The first 16 hex digits of the SHA-256 of a state dict's tensors in key order: what tells two
-    networks' weights apart (two torch.save files of equal weights differ in a random serialization id)."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        digest.update(key.encode())
-        digest.update(state_dict[key].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def classifier_fingerprint(path):

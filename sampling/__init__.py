@@ -1,4 +1,5 @@
-"""Sampling: σ discretisations (`schedules.py`) and ODE/SDE solvers (`solvers.py`), plain torch.
+"""Sampling: σ discretisations (`schedules.py`), ODE/SDE solvers (`solvers.py`) and schedules optimised
+for one model from its trajectories (`optimized.py`), plain torch.
 
     sigmas = get_sigmas('karras', 18)                      # float64 [19], ends in 0
     x = sample(denoiser, torch.randn(n, d), sigmas, 'heun')  # 35 denoiser calls
@@ -7,11 +8,12 @@
 import torch
 
 from .guidance import guided
+from .optimized import OPTIMIZABLE_SOLVERS, OPTIMIZED_SCHEDULES
 from .schedules import SCHEDULES, karras_sigmas, loglinear_sigmas, vp_sigmas
 from .seeds import SeedGenerator, parse_seeds
 from .solvers import SOLVERS, ddim, dpmpp_2m, euler, euler_ancestral, heun
 
-__all__ = ['SCHEDULES', 'SOLVERS', 'SeedGenerator', 'ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'get_sigmas',
+__all__ = ['OPTIMIZABLE_SOLVERS', 'OPTIMIZED_SCHEDULES', 'SCHEDULES', 'SOLVERS', 'SeedGenerator', 'ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'get_sigmas',
            'get_solver', 'guided', 'heun', 'karras_sigmas', 'loglinear_sigmas', 'parse_seeds', 'sample', 'vp_sigmas']
 
 

@@ -48,7 +48,7 @@ def _report(callback, i, sigma, sigma_next, x, denoised):
         callback({'i': i, 'sigma': sigma, 'sigma_next': sigma_next, 'x': x, 'denoised': denoised})
 
 
-def _euler_step(x, denoised, sigma, sigma_next):
+def euler_step(x, denoised, sigma, sigma_next):
     """One Euler step of the ODE from σ to σ_next: the slope (x − D)/σ is the scaled noise estimate."""
     return x + (sigma_next - sigma) * (x - denoised) / sigma
 
@@ -58,7 +58,7 @@ def euler(denoiser, x, sigmas, *, generator=None, callback=None):
     """Euler's method on the ODE: deterministic DDIM in the VE (σ) parameterisation."""
     for i, (sigma, sigma_next) in enumerate(_steps(sigmas)):
         denoised = _denoise(denoiser, x, sigma)
-        x = _euler_step(x, denoised, sigma, sigma_next)
+        x = euler_step(x, denoised, sigma, sigma_next)
         _report(callback, i, sigma, sigma_next, x, denoised)
     return x
 
@@ -80,14 +80,20 @@ def heun(denoiser, x, sigmas, *, generator=None, callback=None, S_churn=0.0, S_m
         if gamma > 0:
             x = x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * S_noise * _noise_like(x, generator)
         denoised = _denoise(denoiser, x, sigma_hat)
-        x_next = _euler_step(x, denoised, sigma_hat, sigma_next)
-        if sigma_next > 0:  # the trapezoidal correction; the step to σ = 0 stays first order
-            slope = (x - denoised) / sigma_hat
-            slope_next = (x_next - _denoise(denoiser, x_next, sigma_next)) / sigma_next
-            x_next = x + (sigma_next - sigma_hat) * 0.5 * (slope + slope_next)
-        x = x_next
+        x = heun_step(denoiser, x, denoised, sigma_hat, sigma_next)
         _report(callback, i, sigma, sigma_next, x, denoised)
     return x
+
+
+def heun_step(denoiser, x, denoised, sigma, sigma_next):
+    """One Heun step from σ to σ_next given denoised = D(x; σ): the Euler step, then the trapezoidal
+    correction (one more denoiser call), except on the step to σ = 0, which stays first order."""
+    x_next = euler_step(x, denoised, sigma, sigma_next)
+    if sigma_next > 0:
+        slope = (x - denoised) / sigma
+        slope_next = (x_next - _denoise(denoiser, x_next, sigma_next)) / sigma_next
+        x_next = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+    return x_next
 
 
 def _ancestral(denoiser, x, sigmas, generator, callback, eta, s_noise):
@@ -99,7 +105,7 @@ def _ancestral(denoiser, x, sigmas, generator, callback, eta, s_noise):
         denoised = _denoise(denoiser, x, sigma)
         sigma_up = eta * math.sqrt(sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2)
         sigma_down = math.sqrt(sigma_next ** 2 - sigma_up ** 2)  # == sigma_next exactly when sigma_up == 0
-        x = _euler_step(x, denoised, sigma, sigma_down)
+        x = euler_step(x, denoised, sigma, sigma_down)
         if sigma_up > 0:
             x = x + s_noise * sigma_up * _noise_like(x, generator)
         _report(callback, i, sigma, sigma_next, x, denoised)
@@ -130,15 +136,21 @@ def dpmpp_2m(denoiser, x, sigmas, *, generator=None, callback=None):
     denoised_prev, sigma_prev = None, None
     for i, (sigma, sigma_next) in enumerate(_steps(sigmas)):
         denoised = _denoise(denoiser, x, sigma)
-        extrapolated = denoised
-        if denoised_prev is not None and sigma_next > 0:
-            r = math.log(sigma_prev / sigma) / math.log(sigma / sigma_next)
-            extrapolated = (1 + 0.5 / r) * denoised - (0.5 / r) * denoised_prev
-        ratio = sigma_next / sigma
-        x = ratio * x + (1 - ratio) * extrapolated
+        x = dpmpp_2m_step(x, denoised, sigma, sigma_next, denoised_prev, sigma_prev)
         denoised_prev, sigma_prev = denoised, sigma
         _report(callback, i, sigma, sigma_next, x, denoised)
     return x
+
+
+def dpmpp_2m_step(x, denoised, sigma, sigma_next, denoised_prev=None, sigma_prev=None):
+    """One DPM-Solver++(2M) step from σ to σ_next given denoised = D(x; σ) and, from the previous step,
+    D at σ_prev (None on the first step: first order, as on the step to σ = 0)."""
+    extrapolated = denoised
+    if denoised_prev is not None and sigma_next > 0:
+        r = math.log(sigma_prev / sigma) / math.log(sigma / sigma_next)
+        extrapolated = (1 + 0.5 / r) * denoised - (0.5 / r) * denoised_prev
+    ratio = sigma_next / sigma
+    return ratio * x + (1 - ratio) * extrapolated
 
 
 SOLVERS = {'euler': euler, 'heun': heun, 'ddim': ddim, 'euler_ancestral': euler_ancestral, 'dpmpp_2m': dpmpp_2m}

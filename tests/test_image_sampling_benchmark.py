@@ -71,6 +71,25 @@ def test_a_checkpoint_counts_at_a_point_only_with_all_its_draws():
     assert ('euler', 8, 'loglinear') not in image_sampling.cells(only_first_draws, 'online', 'fd')
 
 
+def test_which_schedule_compares_the_best_of_each_family_per_model():
+    """#35's table: the best hand-made ρ and the best free and optimised schedules are picked per point by
+    mean FD; their ratio is taken model by model, not of the means (here 3.83, not 40/13.3 = 3.0)."""
+    a, b, c = 'm0', 'm1', 'm2'
+    fd = {('euler', 6, 'karras'): {a: 20, b: 22, c: 24}, ('euler', 6, 'karras-rho3'): {a: 30, b: 30, c: 30},
+          ('euler', 6, 'loglinear'): {a: 19, b: 25, c: 24},  # mean 22.67 > karras's 22: karras is the best ρ
+          ('euler', 6, 'rescaled-entropic'): {a: 10, b: 20, c: 90}, ('euler', 6, 'surrogate'): {a: 50, b: 50, c: 50},
+          ('euler', 6, 'optimized'): {a: 20, b: 10, c: 10},  # mean 13.3; free / optimised per model 0.5, 2, 9
+          ('euler', 6, 'optimized-entropic'): {a: 11, b: 21, c: 91}}
+    tables = {'fd': fd, 'kid': fd}
+    lines = image_sampling.which_schedule(tables, 1.27)
+    row = next(line for line in lines if line.startswith('| euler | 6 |'))
+    cells = [cell.strip() for cell in row.split('|')[1:-1]]
+    assert cells[3] == '22 (karras)'
+    assert cells[8].startswith('3.83 [') and '(rescaled-entropic / optimized)' in cells[8]  # (0.5 + 2 + 9)/3
+    assert cells[10] == 'no'
+    assert 'heun 119,936' in lines[-2] and 'euler 20,096' in lines[-2]
+
+
 def test_offline_profiles_are_compared_with_online_per_model():
     online = rows({'karras': [10, 20, 30], 'surrogate': [10, 20, 30]})
     offline = [dict(r, profile='offline') for r in rows({'surrogate': [12, 18, 30]})]
