@@ -12,3 +12,10 @@ B="python -m benchmarks.image_sampling --num 500 --draws 2 --threads 1 --out $OU
 $B --solvers heun euler dpmpp_2m --nfe 6 11 16
 $B --solvers heun --nfe 35
 python -m benchmarks.image_metrics  # the purpose-made images: benchmarks/results/image_metrics
+# Issue #35: schedules optimised per model (GITS: `optimized`; weighted by the entropy profile:
+# `optimized-entropic`; their local errors cached beside each checkpoint as last.ckpt.optimized.pt), the
+# ρ sweep behind the best hand-made schedule, and the older schedules at the new NFE (4, 8; Heun 3, 7).
+$B --solvers euler dpmpp_2m heun --nfe 4 6 8 11 16 --schedules optimized optimized-entropic
+$B --solvers heun --nfe 35 --schedules optimized optimized-entropic
+$B --solvers euler dpmpp_2m heun --nfe 4 8 --schedules karras loglinear rescaled-entropic surrogate
+$B --solvers euler dpmpp_2m heun --nfe 4 6 8 16 --schedules karras-rho3 karras-rho5 karras-rho12
