@@ -64,12 +64,14 @@ VARIANTS_FILE = 'benchmarks/protocol/variants.yaml'
 # The config a dataset's runs start from (else configs/toy/<name>.yaml). The held-out sets start from the
 # ring's and are given as the exact mixture of their builder (`data_overrides`).
 CONFIGS = {'ring': 'configs/toy/default.yaml', 'mnist': 'configs/mnist/fast.yaml', 'mnist-x4': 'configs/mnist/fast.yaml',
+           'mnist-x0.25': 'configs/mnist/fast.yaml',
            'pinwheel': 'configs/toy/default.yaml', 'multiscale': 'configs/toy/default.yaml'}
 HELD_OUT_BUILDERS = ('pinwheel', 'multiscale')
 TOY = ('ring', 'tree', 'moons', 'swissroll', 'gmm') + HELD_OUT_BUILDERS
 # mnist-x4: a representation shift, the digits at data.scale 4 (pixels in [−4, 4]) with everything else of
-# fast.yaml kept (EDM's sigma_data 0.5, lognormal, σ range), like latents whose scale factor was left out.
-IMAGES = {'mnist': [], 'mnist-x4': ['data.scale=4']}
+# fast.yaml kept (EDM's sigma_data 0.5, lognormal, σ range), like latents whose scale factor was left out;
+# mnist-x0.25 the shift the other way (#34).
+IMAGES = {'mnist': [], 'mnist-x4': ['data.scale=4'], 'mnist-x0.25': ['data.scale=0.25']}
 SAMPLES_PER_CLASS = 100  # MNIST: 1000 samples per evaluation
 REFERENCE_SEED, HELDOUT_SEED, NLL_SEED = 1234, 4321, 5678
 
