@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -312,6 +313,59 @@ def test_the_tuned_lognormal_is_chosen_on_the_tuning_seeds_only(tmp_path):
         entropic_training.choose_tuned(results, 'ring', protocol)
 
 
+def test_the_tuning_grid_is_widened_past_every_edge_a_choice_lies_on_and_resumes(tmp_path):
+    """#34: protocol-v3-grid.yaml's rule on fake runs: kl is least at (-3.2, 1.0), swd at (-1.2, 2.0), so from the
+    2 × 2 grid P_mean [-2.2, -1.2] × P_std [1, 2] the grid grows one step at a time past each edge its choices lie
+    on until they are interior; the cache makes a second call train nothing; a budget stops it."""
+    base = tiny_protocol(tmp_path, TINY_PROTOCOL.replace('P_std: [1.0]', 'P_std: [1.0, 2.0]'))
+    amendment = tmp_path / 'widen.yaml'
+    write = lambda budget: amendment.write_text(
+        f'base: {base}\nbase_sha: {entropic_training.file_sha(base)}\ndatasets: [ring]\n'
+        f'criteria: [kl, mean_rank, swd]\nstep: {{P_mean: 1.0, P_std: 0.5}}\nbudget_cpu_s: {budget}\n')
+    trained = []
+
+    def fake(dataset, variant, seed, steps, evals, out, threads, protocol, variants):
+        m, s = entropic_training.parse_grid_variant(variant)
+        trained.append((m, s))
+        run = {'step': [steps], 'kl': [(m + 3.2) ** 2 + (s - 1.0) ** 2], 'swd': [(m + 1.2) ** 2 + (s - 2.0) ** 2],
+               'cpu_s': 10.0, 'settings': entropic_training.run_settings(dataset, variant, seed, steps, protocol, variants)}
+        path = entropic_training.run_path(out, dataset, variant, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run))
+        return run
+
+    out = tmp_path / 'out'
+    write(1)  # the base grid first, then one added run at most
+    for point in [(m, s) for m in (-2.2, -1.2) for s in (1.0, 2.0)]:
+        fake('ring', entropic_training.grid_variant(*point), 100, 8, {8}, out, 1,
+             entropic_training.load_protocol(base), entropic_training.load_variants())
+    trained.clear()
+    summary = entropic_training.widen_grid(amendment, out, run=fake)
+    assert trained == [(-3.2, 1.0)] and summary['added_runs'] == 1 and summary['stopped'].startswith('budget of 1 CPU-s')
+    assert summary['datasets']['ring']['axes'] == {'P_mean': [-2.2, -1.2], 'P_std': [1.0, 2.0]}  # the row is incomplete
+    assert '| ring | reverse KL | base 2 × 2 | -2.2 | 1.0 | 1 | 2 |' in (out / 'tuning-widened.md').read_text()
+    assert entropic_training.widen_grid(amendment, out, train=False)['stopped'] == summary['stopped']  # replayed
+
+    write(1000)
+    summary = entropic_training.widen_grid(amendment, out, run=fake)
+    ring = summary['datasets']['ring']
+    assert ring['choices']['kl'] == (-3.2, 1.0) and ring['choices']['swd'] == (-1.2, 2.0)
+    assert ring['axes'] == {'P_mean': [-4.2, -3.2, -2.2, -1.2, -0.2], 'P_std': [0.5, 1.0, 2.0, 2.5]}
+    assert summary['stopped'] is None and summary['added_runs'] == 5 * 4 - 4 and ring['runs'] == 20
+    assert all(entropic_training._edge_note(c, ring['axes'], {'P_mean': 1.0, 'P_std': 0.5}) == 'interior'
+               for c in ring['choices'].values())
+    table = (out / 'tuning-widened.md').read_text()
+    assert '| ring | reverse KL | widened 5 × 4 | -3.2 | 1.0 | 0 | 5 |' in table and '| 20 × 8 |' in table
+    trained.clear()
+    assert entropic_training.widen_grid(amendment, out, run=fake)['datasets'] == summary['datasets'] and not trained
+    (out / 'tuning' / f'ring-{entropic_training.grid_variant(-0.2, 2.5)}-100.json').unlink()
+    assert entropic_training.widen_grid(amendment, out, train=False)['stopped'].startswith('not cached')
+    assert entropic_training.grid_extension((-1.0, 0.4), 'P_std', {'P_std': [0.4, 0.8]}, 0.4) == 'bound'
+    base.write_text(base.read_text() + '\n')
+    with pytest.raises(ValueError, match='written against'):
+        entropic_training.widen_grid(amendment, out, run=fake)
+
+
 def test_an_image_tuning_grid_is_scored_by_one_classifier(tmp_path):
     protocol = entropic_training.load_protocol(tiny_protocol(tmp_path))
     a, b = [entropic_training.grid_variant(m, 1.0) for m in (-2.2, -1.2)]
@@ -435,6 +489,45 @@ def test_speedups_are_per_seed_and_joint_needs_both_metrics():
                    ['pinwheel'], [0.25, 0.5, 1.0]).startswith('not met (pinwheel 100%')
     assert 'ring 25%: median 0.85 < 0.9' in verdict({**good, ('ring', 0.25): MedianInterval(0.85, 0.5, 1.0)},
                                                     ['ring', 'tree', 'pinwheel'], ['pinwheel'], [0.25, 0.5, 1.0])
+
+
+def test_joint_speedup_is_where_every_metric_has_reached_its_target_not_a_ratio_per_metric():
+    """#34: the joint speed-up is (steps the baseline needs until ALL its targets are reached) ÷ (the same for the
+    variant): for these monotone curves, the first evaluation at which every metric is at or below its target.
+    The minimum of the per-metric ratios (a mutant no older test caught: there the baseline reached both targets
+    at the same step) gives another number."""
+    steps = [100, 200, 400]
+    # Seed 0, targets = the baseline's final values kl 1, swd 1. Baseline: kl <= 1 from 200, swd from 400, both
+    # at 400. Variant: kl <= 1 only at 400, swd from 100, both at 400. Joint 400 / 400 = 1. Per metric:
+    # kl 200 / 400 = 0.5, swd 400 / 100 = 4; their minimum 0.5.
+    # Seed 1, targets kl 2, swd 0.5. Baseline: kl at 200, swd at 100, both at 200. Variant: kl at 100, swd at
+    # 200, both at 200. Joint 200 / 200 = 1. Per metric: kl 200 / 100 = 2, swd 100 / 200 = 0.5; minimum 0.5.
+    base = {'kl': np.array([[3.0, 1.0, 1.0], [4.0, 2.0, 2.0]]), 'swd': np.array([[3.0, 2.0, 1.0], [0.5, 0.5, 0.5]])}
+    var = {'kl': np.array([[3.0, 2.0, 1.0], [2.0, 2.0, 2.0]]), 'swd': np.array([[1.0, 1.0, 1.0], [0.9, 0.5, 0.4]])}
+    np.testing.assert_allclose(entropic_training.joint_speedup(steps, base, steps, var, 1.0, ['kl', 'swd']), [1.0, 1.0])
+    results = {('tree', v, s): fake_run(steps, kl=curves['kl'][s].tolist(), swd=curves['swd'][s].tolist())
+               for v, curves in (('base', base), ('var', var)) for s in (0, 1)}
+    ups = entropic_training.speedups(results, 'tree', 'var', 'base', [0, 1], [1.0])
+    assert ups['joint', 1.0] == (1.0, 1.0, 1.0)
+    assert ups['kl', 1.0] == (1.25, 0.5, 2.0) and ups['swd', 1.0] == (2.25, 0.5, 4.0)  # per metric, for contrast
+
+
+def test_goal_verdict_counts_never_reached_and_needs_the_whole_range_above_1():
+    """#34's missed mutants: a median of 0 (never reached) is below 0.9× and fails the goal; the range's low end
+    must be strictly above 1.0 (a seed no faster than the baseline fails), the median at least 1.5 (inclusive)."""
+    from benchmarks.seed_statistics import MedianInterval
+    verdict, sets, fractions = entropic_training.goal_verdict, ['ring', 'tree', 'pinwheel'], [0.25, 0.5, 1.0]
+    good = {(d, f): MedianInterval(2.0, 1.2, 3.0) for d in sets for f in fractions}
+    assert verdict(good, sets, ['pinwheel'], fractions) == 'met'
+    assert verdict({**good, ('ring', 0.25): MedianInterval(0.0, 0.0, 1.5)}, sets, ['pinwheel'], fractions) \
+        == 'not met (ring 25%: median 0 < 0.9)'
+    assert verdict({**good, ('tree', 0.5): MedianInterval(0.0, 0.0, 0.0)}, sets, ['pinwheel'], fractions) \
+        == 'not met (tree 50%: median 0 < 0.9)'
+    assert verdict({**good, ('pinwheel', 1.0): MedianInterval(1.6, 1.0, 2.0)}, sets, ['pinwheel'], fractions) \
+        == 'not met (pinwheel 100%: 1.6 [1, 2])'
+    assert verdict({**good, ('pinwheel', 1.0): MedianInterval(1.5, 1.01, 2.0)}, sets, ['pinwheel'], fractions) == 'met'
+    assert verdict({**good, ('pinwheel', 1.0): MedianInterval(1.49, 1.2, 2.0)}, sets, ['pinwheel'], fractions) \
+        == 'not met (pinwheel 100%: 1.49 [1.2, 2])'
 
 
 def test_table_cells_give_the_standard_error_with_ddof_1():

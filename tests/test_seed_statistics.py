@@ -1,12 +1,13 @@
 """benchmarks/seed_statistics.py by hand: crossings interpolated in log step, speed-ups per seed,
-bootstrap medians with never-reached seeds, and paired t intervals."""
+medians with their seed range (and its coverage) with never-reached seeds, and paired t intervals."""
 
 import math
 
 import numpy as np
 import pytest
 
-from benchmarks.seed_statistics import median_with_bootstrap_ci, paired_difference, reach_step, speedup
+from benchmarks.seed_statistics import (median_with_seed_range, paired_difference, reach_step, seed_range_coverage,
+                                        speedup)
 
 STEPS = [1000, 2000, 4000, 8000]
 
@@ -67,28 +68,44 @@ def test_speedup_counts_the_baseline_from_its_own_first_crossing_and_zero_when_n
 
 
 # --------------------------------------------------------------------------------------------------
-# median_with_bootstrap_ci
+# median_with_seed_range
 
-def test_bootstrap_median_hand_cases():
-    assert median_with_bootstrap_ci([3.0, 3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
-    # Three seeds: a resampled median is the minimum with probability 7/27 > 2.5%: the interval is [min, max].
-    assert median_with_bootstrap_ci([2.0, 1.0, 3.0]) == (2.0, 1.0, 3.0)
-    # Five seeds 1..5: P(resampled median <= 1) = P(>= 3 of 5 draws are 1) = 0.058, P(<= 2) = 0.317, so the
-    # 25% and 75% quantiles are 2 and 4, and the 2.5% and 97.5% quantiles 1 and 5.
-    assert median_with_bootstrap_ci([5.0, 1.0, 4.0, 2.0, 3.0], level=0.5) == (3.0, 2.0, 4.0)
-    assert median_with_bootstrap_ci([5.0, 1.0, 4.0, 2.0, 3.0]) == (3.0, 1.0, 5.0)
-    values = [1.3, 0.7, 2.2, 1.1, 0.9, 1.6]
-    assert median_with_bootstrap_ci(values, seed=7) == median_with_bootstrap_ci(values, seed=7)
+def test_median_with_seed_range_hand_cases():
+    assert median_with_seed_range([3.0, 3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+    assert median_with_seed_range([2.0, 1.0, 3.0]) == (2.0, 1.0, 3.0)
+    assert median_with_seed_range([5.0, 1.0, 4.0, 2.0, 3.0]) == (3.0, 1.0, 5.0)
+    assert median_with_seed_range([1.5, 0.5, 2.5, 1.0, 0.75, 2.0]) == (1.25, 0.5, 2.5)  # even: the middle pair's mean
 
 
-def test_bootstrap_median_ranks_never_reached_above_everything():
-    # One seed of three never reached: the median is measured; the upper end is inf (P = 7/27).
-    assert median_with_bootstrap_ci([1.0, 2.0, math.inf]) == (2.0, 1.0, math.inf)
-    assert median_with_bootstrap_ci([1.0, math.inf, math.inf]) == (math.inf, 1.0, math.inf)
-    assert median_with_bootstrap_ci([1.0, 2.0, 3.0, math.inf]) == (2.5, 1.0, math.inf)
+def test_seed_range_ranks_never_reached_above_everything():
+    assert median_with_seed_range([1.0, 2.0, math.inf]) == (2.0, 1.0, math.inf)
+    assert median_with_seed_range([1.0, math.inf, math.inf]) == (math.inf, 1.0, math.inf)
+    assert median_with_seed_range([1.0, 2.0, 3.0, math.inf]) == (2.5, 1.0, math.inf)
     for bad in ([1.0, math.nan], [1.0, -math.inf], []):
         with pytest.raises(ValueError):
-            median_with_bootstrap_ci(bad)
+            median_with_seed_range(bad)
+
+
+def test_seed_range_is_what_a_95_percent_bootstrap_of_a_median_of_few_seeds_was():
+    """Why the interval was renamed: the percentile bootstrap of the median of n <= 5 seeds (10,000 resamples,
+    2.5% and 97.5% quantiles, no interpolation) is [min, max]: a resampled median is the minimum whenever most
+    draws are, with probability 7/27 for 3 seeds and 0.058 for 5 (> 2.5%)."""
+    rng = np.random.default_rng(0)
+    for n in (3, 4, 5):
+        values = rng.lognormal(size=n)
+        medians = np.median(values[rng.integers(0, n, (10000, n))], axis=1)
+        bootstrap = (np.quantile(medians, 0.025, method='lower'), np.quantile(medians, 0.975, method='higher'))
+        assert bootstrap == median_with_seed_range(values)[1:]
+
+
+def test_seed_range_coverage_is_the_order_statistics_one():
+    # [min, max] misses the median only when every seed lies on one side of it: 2 · 0.5^n.
+    assert seed_range_coverage(5) == 0.9375 and seed_range_coverage(3) == 0.75 and seed_range_coverage(1) == 0.0
+    draws = np.random.default_rng(1).standard_normal((200000, 5))  # median 0
+    covered = np.mean((draws.min(axis=1) <= 0) & (draws.max(axis=1) >= 0))
+    assert abs(covered - 0.9375) < 0.003  # binomial SE 0.0005
+    with pytest.raises(ValueError):
+        seed_range_coverage(0)
 
 
 # --------------------------------------------------------------------------------------------------
