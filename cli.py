@@ -17,14 +17,13 @@ from pathlib import Path
 from errors import CheckpointError, ConfigError, DataError, FidelityError, RunStopped, UsageError
 
 # The names of sampling.SOLVERS, sampling.SCHEDULES, entropy.profile.PROFILE_SCHEDULES, the surrogate schedule and
-# sampling.OPTIMIZED_SCHEDULES (with the solvers they know), kept here so that --help needs no torch;
+# sampling.OPTIMIZED_SCHEDULES, kept here so that --help needs no torch;
 # tests/test_usage.py checks that they match the registries.
 SOLVER_NAMES = ('ddim', 'dpmpp_2m', 'euler', 'euler_ancestral', 'heun')
 SCHEDULE_NAMES = ('karras', 'loglinear', 'vp')
 PROFILE_SCHEDULE_NAMES = ('entropic', 'rescaled-entropic', 'structure', 'rescaled-structure')
 SURROGATE_SCHEDULE_NAME = 'surrogate'
 OPTIMIZED_SCHEDULE_NAMES = ('optimized', 'optimized-entropic')
-OPTIMIZABLE_SOLVER_NAMES = ('euler', 'heun', 'dpmpp_2m')
 
 
 
@@ -241,10 +240,9 @@ def check_schedule(args, model):
 
 def check_optimized_schedule(solver, steps, sigma_min, sigma_max):
     """ValueError unless an optimised schedule of `steps` steps for `solver` can be made on its grid."""
-    from sampling.optimized import GRID_SIZE, grid_sigmas
+    from sampling.optimized import GRID_SIZE, check_solver, grid_sigmas
 
-    if solver not in OPTIMIZABLE_SOLVER_NAMES:
-        raise ValueError(f"optimised for a deterministic solver: {', '.join(OPTIMIZABLE_SOLVER_NAMES)} (got --solver {solver})")
+    check_solver(solver)
     if not 1 <= steps <= GRID_SIZE:
         raise ValueError(f'--steps: its grid has {GRID_SIZE} levels, room for 1 to {GRID_SIZE} steps (got {steps})')
     grid_sigmas(sigma_min, sigma_max)

@@ -161,22 +161,21 @@ class SamplingModel:
             weights = optimized.entropy_weights(grid, sigma[measured].cpu(), mmse[measured].cpu(), math.prod(self.shape))
         elif schedule != 'optimized':
             raise ValueError(f"schedule: expected one of {', '.join(optimized.OPTIMIZED_SCHEDULES)} (got {schedule!r})")
-        return optimized.dp_schedule(errors, grid, steps, weights).sigmas
+        return optimized.dp_schedule(errors, grid, steps, weights)
 
     def local_errors(self, solver, sigma_min, sigma_max):
         """(grid, local errors) of `sampling.optimized` for `solver`: from memory, the cache file, or computed."""
-        if solver not in optimized.OPTIMIZABLE_SOLVERS:
-            raise ValueError(f"solver: the optimised schedules know {', '.join(optimized.OPTIMIZABLE_SOLVERS)} "
-                             f"(got {solver!r})")
+        optimized.check_solver(solver)  # before the teacher's minutes
         grid = optimized.grid_sigmas(sigma_min, sigma_max)
-        key = (f'{weights_fingerprint(self.denoiser.state_dict())} {solver} {sigma_min:g} {sigma_max:g} '
+        fingerprint = weights_fingerprint(self.denoiser.state_dict())
+        key = (f'{fingerprint} {solver} {sigma_min:g} {sigma_max:g} '
                f'grid {len(grid) - 1} substeps {optimized.SUBSTEPS} samples {optimized.NUM_SAMPLES}')
         if key in self._local_errors:
             return grid, self._local_errors[key]
         cache = self.optimizer_cache
         stored = torch.load(cache, map_location='cpu', weights_only=True) if cache and cache.exists() else {}
         if key not in stored:
-            teacher = self._teacher(key.split(' ')[0], grid)
+            teacher = self._teacher(fingerprint, grid)
             start = time.perf_counter()
             errors, nfe = optimized.local_errors(self.denoiser_for_optimizer(teacher.num_samples), teacher, solver)
             seconds = time.perf_counter() - start

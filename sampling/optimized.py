@@ -54,11 +54,10 @@ class Teacher:
         return self.states.shape[1]
 
 
-@dataclass
-class Optimized:
-    """An optimised schedule (float64 [num_steps + 1], ending in 0) and its (weighted) summed local error."""
-    sigmas: torch.Tensor
-    error: float
+def check_solver(solver):
+    """ValueError unless the programme can score `solver`'s steps (OPTIMIZABLE_SOLVERS)."""
+    if solver not in OPTIMIZABLE_SOLVERS:
+        raise ValueError(f"solver: the optimised schedules know {', '.join(OPTIMIZABLE_SOLVERS)} (got {solver!r})")
 
 
 def grid_sigmas(sigma_min, sigma_max, size=GRID_SIZE):
@@ -112,6 +111,7 @@ def local_errors(denoiser, teacher, solver):
     teacher's state: for euler and heun [K + 1, K + 1] with entry [i, j] the step from node i to node j
     (inf where j <= i); for dpmpp_2m [K + 2, K + 1, K + 1] with entry [h, i, j] the step from i to j
     after one from h (index K + 1 for h: no previous step). Also the denoiser calls spent per trajectory."""
+    check_solver(solver)
     grid, states, den = teacher.grid.tolist(), teacher.states, teacher.denoised
     size = len(grid)
     nfe = 0
@@ -126,8 +126,6 @@ def local_errors(denoiser, teacher, solver):
                     nfe += grid[j] > 0
                 errors[i, j] = _rms(x, states[j])
         return errors, nfe
-    if solver != 'dpmpp_2m':
-        raise ValueError(f"solver: the optimised schedules know {', '.join(OPTIMIZABLE_SOLVERS)} (got {solver!r})")
     errors = torch.full((size + 1, size, size), math.inf, dtype=torch.float64)
     for i in range(size - 1):
         for j in range(i + 1, size):
@@ -188,10 +186,11 @@ def entropy_weights(grid, sigma, mmse, dim):
 
 
 def dp_schedule(errors, grid, num_steps, weights=None):
-    """The `num_steps` steps on `grid` with the least summed local error (`local_errors`), each weighted
-    by `weights` [len(grid)] at the node where it lands (`entropy_weights`; None: unweighted, GITS)."""
+    """The `num_steps` steps on `grid` (float64 [num_steps + 1], ending in 0) with the least summed local
+    error (`local_errors`), each weighted by `weights` [len(grid)] at the node where it lands
+    (`entropy_weights`; None: unweighted, GITS)."""
     _check_num_steps(num_steps)
     if weights is not None:
         errors = errors * weights
-    path, error = best_path(errors, num_steps)
-    return Optimized(grid[path], error)
+    path, _ = best_path(errors, num_steps)
+    return grid[path]

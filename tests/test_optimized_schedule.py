@@ -81,11 +81,11 @@ def test_dynamic_programming_finds_the_brute_force_optimum_and_beats_rho_7(mixtu
     if mixture is GAUSSIAN and solver == 'euler':
         candidates = [[0, *inner, last] for inner in itertools.combinations(range(1, last), 3)]
         best = min(candidates, key=lambda p: global_error(denoiser, solver, grid[p], noise, target))
-        assert torch.equal(dp_schedule(errors, grid, 4).sigmas, grid[best])
+        assert torch.equal(dp_schedule(errors, grid, 4), grid[best])
     # What the optimiser is for: the sampler's own endpoint error, here at 4 steps, well below EDM's ρ = 7's,
     # except for DPM-Solver++(2M) on a single Gaussian, where ρ = 7 is 5x better (README: what falls short).
     if not (mixture is GAUSSIAN and solver == 'dpmpp_2m'):
-        mine, karras = dp_schedule(errors, grid, 4).sigmas, sampling.karras_sigmas(4, SIGMA_MIN, SIGMA_MAX)
+        mine, karras = dp_schedule(errors, grid, 4), sampling.karras_sigmas(4, SIGMA_MIN, SIGMA_MAX)
         assert global_error(denoiser, solver, mine, noise, target) < 0.7 * global_error(denoiser, solver, karras, noise, target)
 
 
@@ -128,7 +128,7 @@ def test_entropy_weighting_lowers_the_samplers_error():
         for solver in OPTIMIZABLE_SOLVERS:
             errors, _ = local_errors(denoiser, teacher, solver)
             for steps in (3, 4, 6):
-                plain, weighted = (global_error(denoiser, solver, dp_schedule(errors, grid, steps, w).sigmas, noise,
+                plain, weighted = (global_error(denoiser, solver, dp_schedule(errors, grid, steps, w), noise,
                                                 teacher.states[-1]) for w in (None, weights))
                 ratios.append(weighted / plain)
     ratios = torch.tensor(ratios)

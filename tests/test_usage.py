@@ -153,7 +153,6 @@ def test_flag_names_match_the_registries():
     assert cli.PROFILE_SCHEDULE_NAMES == tuple(PROFILE_SCHEDULES)
     assert cli.SURROGATE_SCHEDULE_NAME == SURROGATE_SCHEDULE
     assert cli.OPTIMIZED_SCHEDULE_NAMES == sampling.OPTIMIZED_SCHEDULES
-    assert cli.OPTIMIZABLE_SOLVER_NAMES == sampling.OPTIMIZABLE_SOLVERS
     assert cli.METRICS == fidelity.METRICS
 
 
